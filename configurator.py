@@ -49,7 +49,7 @@ def parse_value(text):
         return text == "true"
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError):  # TypeError: e.g. an unhashable dict key
         return text
 
 
@@ -61,8 +61,8 @@ def read_config_file(path):
         source = f.read()
     namespace = {}
     exec(compile(source, path, "exec"), namespace)
-    return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    ignored = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)  # imports, helpers
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, ignored)}
 
 
 def load_config(defaults, argv):

@@ -1,0 +1,111 @@
+"""Measure training speed: forward, backward and optimizer step on a fixed model and batch.
+
+    python bench.py                                    # GPT-2 124M, 12 x 1024 tokens, OpenWebText
+    python bench.py --real_data=False --device=cpu --n_layer=4 --n_embd=128 --block_size=64 --compile=False
+    python bench.py --profile=True                     # also write a torch profiler trace
+
+Runs `burnin` untimed steps (compilation, allocator warm-up), then times `steps` steps with the
+device synchronised before each clock read, and prints ms/iter, tokens/s and MFU.
+"""
+import os
+import sys
+import time
+
+import torch
+
+from configurator import UserError, load_config, run_main
+from model import GPT, GPTConfig, device_peak_flops
+from runtime import autocast, maybe_compile, resolve_device, resolve_dtype
+from train import Batches
+
+DEFAULTS = dict(
+    batch_size=12,          # sequences per step
+    block_size=1024,        # tokens per sequence
+    n_layer=12,             # model shape: GPT-2 124M by default
+    n_head=12,
+    n_embd=768,
+    bias=False,
+    dropout=0.0,
+    real_data=True,         # batches from data_dir/dataset/train.bin; False: random tokens
+    dataset="openwebtext",
+    data_dir="data",
+    burnin=10,              # untimed steps first
+    steps=20,               # timed steps
+    seed=1337,
+    device="auto",          # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype="auto",           # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
+    compile=True,           # torch.compile the model
+    profile=False,          # record a torch profiler trace of a few steps into ./bench_log
+)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
+
+
+def main(argv):
+    cfg = load_config(DEFAULTS, argv)
+    if cfg["steps"] < 1 or cfg["burnin"] < 0:
+        raise UserError("steps must be >= 1 and burnin >= 0")
+    device = resolve_device(cfg["device"])
+    dtype = resolve_dtype(cfg["dtype"], device)
+    torch.manual_seed(cfg["seed"])
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    B, T = cfg["batch_size"], cfg["block_size"]
+    if cfg["real_data"]:
+        path = os.path.join(cfg["data_dir"], cfg["dataset"], "train.bin")
+        if not os.path.isfile(path):
+            raise UserError(f"{path} not found: run python data/{cfg['dataset']}/prepare.py, "
+                            "or pass --real_data=False for random tokens")
+        batches, generator = Batches(path, B, T, device), torch.Generator().manual_seed(cfg["seed"])
+        get_batch = lambda: batches.get(generator)  # noqa: E731
+    else:
+        x = torch.randint(50257, (B, T), device=device)
+        get_batch = lambda: (x, x)  # noqa: E731
+    model = GPT(GPTConfig(block_size=T, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                          bias=cfg["bias"], dropout=cfg["dropout"], vocab_size=50304)).to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0])
+    maybe_compile(model, cfg["compile"], device)
+    ctx = autocast(device, dtype)
+    print(f"{model.get_num_params() / 1e6:.1f}M parameters, batch {B} x {T} tokens, {device}, {dtype}, "
+          f"compile={cfg['compile']}")
+
+    def step():
+        x, y = get_batch()
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(cfg["burnin"]):
+        step()
+    if cfg["profile"]:
+        from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with profile(activities=activities, on_trace_ready=tensorboard_trace_handler("./bench_log"),
+                     record_shapes=True) as prof:
+            for _ in range(min(5, cfg["steps"])):
+                step()
+                prof.step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print("trace written to ./bench_log")
+    sync(device)
+    t0 = time.time()
+    for _ in range(cfg["steps"]):
+        loss = step()
+    lossf = loss.item()
+    sync(device)
+    dt = (time.time() - t0) / cfg["steps"]
+    mfu = model.estimate_mfu(B, dt, device_peak_flops(device))
+    mfu_text = "n/a (unknown device peak)" if mfu is None else f"{mfu * 100:.2f}%"
+    print(f"loss {lossf:.4f}; {dt * 1000:.2f} ms/iter, {B * T / dt:,.0f} tokens/s, mfu {mfu_text}")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

@@ -1,0 +1,89 @@
+"""Checkpoint and vocabulary I/O: writing ckpt.pt safely, reading ours and nanoGPT's.
+
+A checkpoint is a dict with nanoGPT's keys -- model, optimizer, model_args, iter_num,
+best_val_loss, config -- plus our own (scaler, vocab). Everything is loaded with
+torch.load(weights_only=True): a checkpoint can hold tensors and plain values, never code.
+"""
+import json
+import os
+import pickle
+
+import torch
+
+from configurator import UserError
+from model import GPT, GPTConfig
+
+MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+
+
+def save_checkpoint(ckpt, path):
+    """Write to a temporary file beside path, flush it to disk, then rename it over path:
+    a crash mid-write leaves the previous checkpoint whole."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def strip_wrapper_prefixes(state_dict):
+    """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes older checkpoints carry."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_checkpoint(path):
+    """Load a checkpoint written by us or by nanoGPT, normalised to plain keys and float values."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}: train one first, or set --out_dir to the folder holding ckpt.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in ("model", "model_args") if k not in ckpt]
+    except Exception as e:
+        raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}); "
+                        "it may be truncated or corrupted. The file was left as it is.") from None
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: not a GPT checkpoint")
+    ckpt["model"] = strip_wrapper_prefixes(ckpt["model"])
+    if torch.is_tensor(ckpt.get("best_val_loss")):
+        ckpt["best_val_loss"] = ckpt["best_val_loss"].item()  # nanoGPT stored a tensor
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, dropout=None):
+    """Rebuild the GPT a checkpoint describes and load its weights."""
+    args = {k: ckpt["model_args"][k] for k in MODEL_ARGS if k in ckpt["model_args"]}
+    if dropout is not None:
+        args["dropout"] = dropout
+    model = GPT(GPTConfig(**args))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: meta.pkl may only hold plain data")
+
+
+def load_vocab(folder):
+    """The dataset's vocabulary as {'vocab_size', 'itos' (list of chars) or 'tokenizer'}, or None.
+    Reads our meta.json, else nanoGPT's meta.pkl (plain dicts only: nothing in it is executed)."""
+    json_path, pkl_path = os.path.join(folder, "meta.json"), os.path.join(folder, "meta.pkl")
+    if os.path.isfile(json_path):
+        with open(json_path) as f:
+            return json.load(f)
+    if os.path.isfile(pkl_path):
+        try:
+            with open(pkl_path, "rb") as f:
+                meta = _PlainUnpickler(f).load()
+            itos = meta["itos"]
+            return {"vocab_size": meta["vocab_size"], "itos": [itos[i] for i in range(len(itos))]}
+        except Exception as e:
+            raise UserError(f"{pkl_path} is not a nanoGPT vocabulary file ({e})") from None
+    return None

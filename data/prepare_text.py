@@ -1,0 +1,131 @@
+"""Turn any UTF-8 text file into a dataset for train.py, in one command:
+
+    python data/prepare_text.py --input=my.txt --out_dir=data/mytext --tokenizer=char   # or gpt2
+
+Writes train.bin and val.bin (flat uint16 token ids, no header; the last --val_fraction of the text
+is val) and meta.json: {"vocab_size": N, "itos": [the N distinct characters, sorted]} for char, or
+{"vocab_size": 50257, "tokenizer": "gpt2"} for GPT-2 BPE. Then train with --dataset=mytext.
+The data/<name>/prepare.py scripts reuse the functions here.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+import urllib.request
+
+import numpy as np
+from tqdm import tqdm
+
+GPT2_META = {"vocab_size": 50257, "tokenizer": "gpt2"}
+MAX_VOCAB = 2 ** 16  # ids are stored as uint16
+# A newline between two non-space characters always ends a GPT-2 pre-token, whatever follows it.
+SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+class PrepareError(Exception):
+    """A mistake the user can fix; scripts print it as one `error: ...` line and exit 2."""
+
+
+def run_main(main):
+    """Call main(), turning a PrepareError into a one-line message and exit status 2."""
+    try:
+        main()
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def read_text(path):
+    if not os.path.isfile(path):
+        raise PrepareError(f"input file '{path}' not found")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:  # keep "\r\n" as written
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise PrepareError(f"input file '{path}' is not UTF-8 text ({e.reason} at byte {e.start})")
+
+
+def get_input_text(folder, url, explicit_path=None):
+    """The text of explicit_path if given; else of <folder>/input.txt, downloading url there first if missing."""
+    if explicit_path:
+        return read_text(explicit_path)
+    path = os.path.join(folder, "input.txt")
+    if not os.path.exists(path):
+        print(f"downloading {url} -> {path}")
+        os.makedirs(folder, exist_ok=True)
+        try:
+            urllib.request.urlretrieve(url, path + ".tmp")
+        except OSError as e:  # includes URLError
+            raise PrepareError(f"could not download {url} ({e}); pass --input=PATH to use a local copy")
+        os.replace(path + ".tmp", path)  # never leave a half-downloaded input.txt behind
+    return read_text(path)
+
+
+def split_point(n, val_fraction):
+    """Index where val starts: the first (1 - val_fraction) of n items are train."""
+    if not 0 < val_fraction < 1:
+        raise PrepareError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    cut = int(n * (1 - val_fraction))
+    if cut == 0 or cut == n:
+        raise PrepareError(f"the text ({n} characters) is too short to split with val_fraction={val_fraction}")
+    return cut
+
+
+def save_meta(out_dir, meta):
+    with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+
+
+def write_dataset(out_dir, train_ids, val_ids, meta):
+    os.makedirs(out_dir, exist_ok=True)
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        np.asarray(ids, dtype=np.uint16).tofile(os.path.join(out_dir, f"{split}.bin"))
+    save_meta(out_dir, meta)
+    print(f"vocab size {meta['vocab_size']}; train {len(train_ids):,} tokens, val {len(val_ids):,} tokens -> {out_dir}")
+
+
+def write_char_dataset(text, out_dir, val_fraction=0.1):
+    """Character-level dataset: each distinct character gets an id, in sorted order."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    vocab, ids = np.unique(codes, return_inverse=True)  # vocab is sorted, like sorted(set(text))
+    if len(vocab) > MAX_VOCAB:
+        raise PrepareError(f"the text has {len(vocab)} distinct characters; uint16 ids allow at most {MAX_VOCAB}")
+    cut = split_point(len(ids), val_fraction)
+    write_dataset(out_dir, ids[:cut], ids[cut:], {"vocab_size": len(vocab), "itos": [chr(c) for c in vocab]})
+
+
+def encode_gpt2(text, chunk_chars=1 << 20):
+    """GPT-2 BPE ids of text as uint16. It is encoded in chunks (for a progress bar) cut only at SAFE_CUT,
+    so the ids equal those of encoding it whole."""
+    import tiktoken
+    enc, chunks, start = tiktoken.get_encoding("gpt2"), [], 0
+    while start < len(text):
+        cut = SAFE_CUT.search(text, start + chunk_chars)
+        chunks.append(text[start:cut.end() if cut else len(text)])
+        start += len(chunks[-1])
+    ids = [np.array(enc.encode_ordinary(chunk), dtype=np.uint16) for chunk in tqdm(chunks, desc="tokenizing")]
+    return np.concatenate(ids) if ids else np.zeros(0, dtype=np.uint16)
+
+
+def write_bpe_dataset(text, out_dir, val_fraction=0.1):
+    """GPT-2 BPE dataset: the text is split by characters first, then each part is encoded."""
+    cut = split_point(len(text), val_fraction)
+    write_dataset(out_dir, encode_gpt2(text[:cut]), encode_gpt2(text[cut:]), GPT2_META)
+
+
+WRITERS = {"char": write_char_dataset, "gpt2": write_bpe_dataset}
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Turn a UTF-8 text file into train.bin/val.bin/meta.json.")
+    parser.add_argument("--input", required=True, help="path of the text file")
+    parser.add_argument("--out_dir", required=True, help="folder to write the dataset into, e.g. data/mytext")
+    parser.add_argument("--tokenizer", choices=sorted(WRITERS), default="char", help="char-level or GPT-2 BPE")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="fraction of the text (at its end) kept for val")
+    args = parser.parse_args()
+    WRITERS[args.tokenizer](read_text(args.input), args.out_dir, args.val_fraction)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,105 @@
+"""Where the scripts run: device, precision, torch.compile and torchrun's process group.
+
+Shared by train.py, sample.py and bench.py so that `--device`, `--dtype` and `--compile` mean the
+same thing everywhere and a setting the machine can't honour is a clear error, not a traceback.
+"""
+import os
+import shutil
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from configurator import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name):
+    """'auto' -> the best device here (cuda > mps > cpu); an unavailable device is a UserError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    kind = name.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' is not available: this machine has no usable CUDA GPU; "
+                        "use --device=cpu (or --device=auto)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{name}' is not available on this machine; use --device=cpu (or --device=auto)")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def resolve_dtype(name, device):
+    """'auto' -> bfloat16 on CUDA GPUs that support it, float16 on older ones, float32 elsewhere."""
+    kind = device.split(":")[0]
+    if name == "auto":
+        if kind != "cuda":
+            return "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}': use auto, float32, bfloat16 or float16")
+    if name == "float16" and kind != "cuda":
+        raise UserError(f"dtype float16 needs a CUDA GPU (its gradient scaler is CUDA-only); "
+                        f"on {kind} use --dtype=bfloat16 or --dtype=float32")
+    if name == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bfloat16; use --dtype=float16 or --dtype=float32")
+    return name
+
+
+def autocast(device, dtype):
+    """Mixed-precision context for the forward pass (a no-op in float32)."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype])
+
+
+def compile_problem(device):
+    """Why torch.compile can't work here, or None if it should."""
+    kind = device.split(":")[0]
+    if kind == "mps":
+        return "torch.compile is not supported for mps"
+    if sys.platform == "win32":
+        return "torch.compile's default backend does not support Windows"
+    if kind == "cuda":
+        try:
+            import triton  # noqa: F401  (inductor generates Triton kernels for CUDA)
+        except ImportError:
+            return "Triton is not installed"
+    elif not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        return "no C compiler (cc/gcc/clang) was found for inductor's CPU kernels"
+    return None
+
+
+def maybe_compile(model, enabled, device, log=print):
+    """Compile the model in place (its state_dict keeps plain names) when enabled and possible here;
+    otherwise leave it eager with a one-line note. Returns whether it was compiled."""
+    if not enabled:
+        return False
+    problem = compile_problem(device)
+    if problem:
+        log(f"note: running without torch.compile: {problem} (pass --compile=False to silence this)")
+        return False
+    model.compile()
+    return True
+
+
+def setup_distributed(backend, device):
+    """Join torchrun's process group if launched by torchrun.
+    Returns (rank, local_rank, world_size, device); device becomes cuda:LOCAL_RANK on GPUs."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1, device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if backend == "auto":
+        backend = "nccl" if kind == "cuda" else "gloo"
+    if backend == "nccl" and kind != "cuda":
+        raise UserError(f"backend nccl needs CUDA GPUs; on {kind} use --backend=gloo (or --backend=auto)")
+    torch.distributed.init_process_group(backend=backend)
+    return rank, local_rank, world_size, device

@@ -1,0 +1,121 @@
+"""Sample text from a trained model or from OpenAI's GPT-2.
+
+    python sample.py --out_dir=out-shakespeare-char
+    python sample.py --init_from=gpt2-xl --start="What is the answer?" --num_samples=3
+    python sample.py --start=FILE:prompt.txt
+
+Char-level checkpoints decode with their dataset's vocabulary (stored in the checkpoint, or the
+dataset's meta.json / nanoGPT's meta.pkl); everything else with GPT-2's BPE.
+"""
+import os
+import sys
+
+import torch
+
+from checkpoint import load_checkpoint, load_vocab, model_from_checkpoint
+from configurator import UserError, load_config, run_main
+from model import GPT, HF_NAMES
+from runtime import autocast, maybe_compile, resolve_device, resolve_dtype
+
+DEFAULTS = dict(
+    init_from="resume",     # 'resume' (ckpt.pt in out_dir), 'gpt2'..'gpt2-xl', or a HF GPT-2 directory
+    out_dir="out",          # where ckpt.pt is, for init_from='resume'
+    data_dir="data",        # where to look for a dataset's meta.json/meta.pkl if the checkpoint has no vocab
+    start="\n",             # the prompt; "FILE:prompt.txt" reads it from a file
+    num_samples=10,         # samples to draw
+    max_new_tokens=500,     # tokens generated per sample
+    temperature=0.8,        # 1.0 samples the model as is, lower is more conservative, 0 is greedy
+    top_k=200,              # sample only among the top_k most likely tokens (0 or None: all)
+    seed=1337,
+    device="auto",          # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype="auto",           # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
+    compile=False,          # torch.compile the model (slow to start, faster for long samples)
+)
+
+
+class Tokenizer:
+    """encode/decode for a char vocabulary (a list of characters) or GPT-2's BPE."""
+
+    def __init__(self, itos=None):
+        if itos is not None:
+            self.itos, self.stoi = list(itos), {ch: i for i, ch in enumerate(itos)}
+            self.n_vocab = len(self.itos)
+        else:
+            import tiktoken
+            self.bpe = tiktoken.get_encoding("gpt2")
+            self.n_vocab = self.bpe.n_vocab
+            self.itos = None
+
+    def encode(self, text):
+        if self.itos is None:
+            return self.bpe.encode(text, allowed_special={"<|endoftext|>"})
+        unknown = sorted(set(text) - set(self.stoi))
+        if unknown:
+            raise UserError(f"the prompt has characters outside the model's vocabulary: {''.join(unknown)!r}")
+        return [self.stoi[ch] for ch in text]
+
+    def decode(self, ids):
+        if self.itos is None:
+            return self.bpe.decode(ids)
+        return "".join(self.itos[i] for i in ids)
+
+
+def load_model_and_tokenizer(cfg):
+    """(model, tokenizer) for init_from: a checkpoint in out_dir, or GPT-2 weights."""
+    if cfg["init_from"] == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
+        model = model_from_checkpoint(ckpt)
+        vocab = ckpt.get("vocab")
+        if vocab is None and "dataset" in ckpt.get("config", {}):  # a nanoGPT checkpoint: look beside the data
+            data_dir = ckpt["config"].get("data_dir", cfg["data_dir"])
+            vocab = load_vocab(os.path.join(data_dir, ckpt["config"]["dataset"]))
+        return model, Tokenizer(vocab.get("itos") if vocab else None)
+    if cfg["init_from"] in HF_NAMES or os.path.isdir(cfg["init_from"]):
+        try:
+            return GPT.from_pretrained(cfg["init_from"]), Tokenizer()
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    raise UserError(f"unknown init_from '{cfg['init_from']}': use resume, {', '.join(HF_NAMES)}, "
+                    "or a directory holding a Hugging Face GPT-2 checkpoint")
+
+
+def read_prompt(start):
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    if not os.path.isfile(path):
+        raise UserError(f"prompt file '{path}' (from --start=FILE:...) not found")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def main(argv):
+    cfg = load_config(DEFAULTS, argv)
+    if cfg["max_new_tokens"] < 0 or cfg["num_samples"] < 1:
+        raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
+    if cfg["temperature"] < 0:
+        raise UserError(f"temperature must be >= 0 (0 is greedy), got {cfg['temperature']}")
+    device = resolve_device(cfg["device"])
+    dtype = resolve_dtype(cfg["dtype"], device)
+    torch.manual_seed(cfg["seed"])
+    model, tok = load_model_and_tokenizer(cfg)
+    model.eval().to(device)
+    maybe_compile(model, cfg["compile"], device)
+    ids = tok.encode(read_prompt(cfg["start"]))
+    if not ids:
+        raise UserError("the prompt is empty: give at least one character/token with --start")
+    block_size = model.config.block_size
+    ids = ids[-block_size:]  # a prompt longer than the context keeps its end
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+    generator = torch.Generator(device=device).manual_seed(cfg["seed"])
+    with torch.no_grad(), autocast(device, dtype):
+        for _ in range(cfg["num_samples"]):
+            # the model's vocab may be padded (50304) past what the tokenizer can decode (50257)
+            y = model.generate(x, cfg["max_new_tokens"], temperature=cfg["temperature"],
+                               top_k=cfg["top_k"] or None, vocab_limit=tok.n_vocab, generator=generator)
+            print(tok.decode(y[0].tolist()))
+            print("---------------")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

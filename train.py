@@ -1,0 +1,282 @@
+"""Train a GPT, from scratch or from a checkpoint, on one device or many.
+
+    python train.py config/train_shakespeare_char.py --device=cpu --max_iters=2000
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+
+Config files and --key=value overrides set the values in DEFAULTS below (see configurator.py).
+The story, top to bottom: settings, devices, data, model, optimizer, then the loop, which
+evaluates every eval_interval steps and always at the last one, saving ckpt.pt in out_dir.
+"""
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import MODEL_ARGS, load_checkpoint, load_vocab, model_from_checkpoint, save_checkpoint
+from configurator import UserError, load_config, run_main
+from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
+from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed
+
+DEFAULTS = dict(
+    # output, evaluation, checkpoints
+    out_dir="out",                 # where ckpt.pt is written and read
+    eval_interval=2000,            # evaluate (and maybe save) every this many steps, and at the last
+    log_interval=1,                # print a training line every this many steps
+    eval_iters=200,                # batches per split when estimating train/val loss
+    eval_only=False,               # evaluate once and exit
+    always_save_checkpoint=True,   # save at every evaluation, not only when val loss improves
+    init_from="scratch",           # 'scratch', 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a HF GPT-2 dir
+    # weights & biases
+    wandb_log=False,               # log to wandb (imported only when this is on)
+    wandb_project="owt",
+    wandb_run_name="gpt2",
+    # data
+    dataset="openwebtext",         # folder under data_dir holding train.bin, val.bin (and meta.json)
+    data_dir="data",               # where dataset folders live
+    gradient_accumulation_steps=5 * 8,  # micro-steps per optimizer step, across all processes
+    batch_size=12,                 # sequences per micro-step per process
+    block_size=1024,               # tokens per sequence
+    # model
+    n_layer=12,
+    n_head=12,
+    n_embd=768,
+    dropout=0.0,                   # 0 for pretraining; try 0.1+ when finetuning
+    bias=False,                    # biases in Linear and LayerNorm layers
+    # AdamW
+    learning_rate=6e-4,            # peak learning rate
+    max_iters=600000,              # optimizer steps in the whole run
+    weight_decay=1e-1,
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,                 # clip the gradient norm to this; 0 turns clipping off
+    # learning-rate schedule: linear warmup, then cosine decay to min_lr
+    decay_lr=True,                 # False keeps learning_rate constant
+    warmup_iters=2000,
+    lr_decay_iters=600000,         # steps until min_lr; ~max_iters
+    min_lr=6e-5,                   # ~learning_rate / 10
+    # system
+    backend="auto",                # distributed backend: 'nccl' on CUDA, 'gloo' on CPU when 'auto'
+    device="auto",                 # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype="auto",                  # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
+    compile=True,                  # torch.compile the model (skipped with a note where it can't work)
+    seed=1337,                     # seeds the weights, dropout and the batch sampler
+)
+
+
+def get_lr(it, cfg):
+    """Linear warmup (nonzero from the first step), cosine decay, then a floor of min_lr."""
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    if it < cfg["warmup_iters"]:
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it >= cfg["lr_decay_iters"]:
+        return cfg["min_lr"]
+    progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+class Batches:
+    """Random (x, y) windows from a uint16 token file. The memmap is reopened for every batch,
+    so reading a large file never accumulates pages in this process's memory."""
+
+    def __init__(self, path, batch_size, block_size, device):
+        self.path, self.batch_size, self.block_size, self.device = path, batch_size, block_size, device
+        n = len(np.memmap(path, dtype=np.uint16, mode="r"))
+        if n <= block_size:
+            raise UserError(f"{path} holds {n} tokens, too few for block_size={block_size}; "
+                            "use a smaller --block_size or more data")
+
+    def get(self, generator):
+        data = np.memmap(self.path, dtype=np.uint16, mode="r")
+        starts = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=generator).numpy()
+        rows = torch.from_numpy(data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        x, y = rows[:, :-1], rows[:, 1:]
+        if self.device.startswith("cuda"):  # pinned memory lets the copy overlap the compute
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, eval_iters, seed, ctx):
+    """Mean loss over eval_iters batches per split. The batches are the same at every evaluation,
+    so successive val losses differ only because the model changed."""
+    model.eval()
+    out = {}
+    for i, (name, batches) in enumerate(splits.items()):
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * (i + 1))
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            x, y = batches.get(generator)
+            with ctx:
+                losses[k] = model(x, y)[1].item()
+        out[name] = losses.mean().item()
+    model.train()
+    return out
+
+
+def init_model(cfg, vocab, log):
+    """(model, checkpoint or None) for cfg['init_from']."""
+    init_from = cfg["init_from"]
+    if init_from == "scratch":
+        vocab_size = vocab["vocab_size"] if vocab and "itos" in vocab else 50304
+        log(f"initializing a new model from scratch (vocab_size {vocab_size})")
+        return GPT(GPTConfig(vocab_size=vocab_size, **{k: cfg[k] for k in MODEL_ARGS if k != "vocab_size"})), None
+    if init_from == "resume":
+        ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
+        log(f"resuming from {cfg['out_dir']}/ckpt.pt at iteration {ckpt.get('iter_num', 0)}")
+        return model_from_checkpoint(ckpt, dropout=cfg["dropout"]), ckpt
+    if init_from in HF_NAMES or os.path.isdir(init_from):
+        log(f"initializing from GPT-2 weights: {init_from}")
+        try:
+            model = GPT.from_pretrained(init_from, dict(dropout=cfg["dropout"]))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if cfg["block_size"] < model.config.block_size:
+            model.crop_block_size(cfg["block_size"])
+        return model, None
+    raise UserError(f"unknown init_from '{init_from}': use scratch, resume, "
+                    f"{', '.join(HF_NAMES)}, or a directory holding a Hugging Face GPT-2 checkpoint")
+
+
+def main(argv):
+    cfg = load_config(DEFAULTS, argv)
+    device = resolve_device(cfg["device"])
+    rank, local_rank, world_size, device = setup_distributed(cfg["backend"], device)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    dtype = resolve_dtype(cfg["dtype"], device)
+    device_type = device.split(":")[0]
+
+    # Each optimizer step sums gradient_accumulation_steps micro-batches, split among the processes.
+    if cfg["gradient_accumulation_steps"] < 1 or cfg["gradient_accumulation_steps"] % world_size:
+        raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a positive "
+                        f"multiple of the number of processes ({world_size})")
+    accum = cfg["gradient_accumulation_steps"] // world_size
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+    log(f"world size {world_size}, device {device}, dtype {dtype}; tokens per iteration {tokens_per_iter:,}")
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every process
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    ctx = autocast(device, dtype)
+
+    # Data. Micro-batch m of a step comes from its own random stream, numbered across processes,
+    # so a step sees the same data however the micro-batches are spread over processes.
+    data_folder = os.path.join(cfg["data_dir"], cfg["dataset"])
+    for split in ("train", "val"):
+        if not os.path.isfile(os.path.join(data_folder, f"{split}.bin")):
+            raise UserError(f"dataset '{cfg['dataset']}' not found: {data_folder}/{split}.bin is missing; "
+                            f"run python data/{cfg['dataset']}/prepare.py first (or set --data_dir)")
+    splits = {s: Batches(os.path.join(data_folder, f"{s}.bin"), cfg["batch_size"], cfg["block_size"], device)
+              for s in ("train", "val")}
+    streams = [torch.Generator().manual_seed(cfg["seed"] + 1 + rank * accum + m) for m in range(accum)]
+    vocab = load_vocab(data_folder)
+
+    model, ckpt = init_model(cfg, vocab, log)
+    resumed = ckpt is not None
+    if cfg["block_size"] > model.config.block_size:
+        raise UserError(f"block_size={cfg['block_size']} is larger than the model's {model.config.block_size}")
+    model.to(device)
+    torch.manual_seed(cfg["seed"] + rank)  # dropout differs between processes
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
+                                           (cfg["beta1"], cfg["beta2"]), device_type)
+    iter_num, best_val_loss = 0, float("inf")
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val_loss = ckpt.get("iter_num", 0), ckpt.get("best_val_loss", float("inf"))
+        if "vocab" not in ckpt and vocab and "itos" in vocab:
+            ckpt["vocab"] = vocab
+        ckpt_vocab = ckpt.get("vocab")
+        del ckpt  # free the loaded tensors
+    else:
+        ckpt_vocab = vocab if vocab and "itos" in vocab else {"tokenizer": "gpt2"}
+    model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
+    maybe_compile(model, cfg["compile"], device, log)
+    raw_model = model
+    if world_size > 1:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    peak_flops = device_peak_flops(device)
+
+    if cfg["wandb_log"] and master:
+        import wandb
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    start_iter = iter_num
+    x, y = splits["train"].get(streams[0])
+    t_log, iters_since_log, logs_done = time.time(), 0, 0
+    for iter_num in range(start_iter, cfg["max_iters"] + 1):
+        last_step = iter_num == cfg["max_iters"]
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # A resumed run skips the evaluation its checkpoint was saved right after.
+        if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
+                                                                   or last_step or cfg["eval_only"]):
+            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx)
+            log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if cfg["wandb_log"] and master:
+                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            improved = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if master and iter_num > 0 and (improved or cfg["always_save_checkpoint"]
+                                             or (last_step and not os.path.exists(ckpt_path))):
+                log(f"saving checkpoint to {ckpt_path}")
+                save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict(), "model_args": model_args,
+                                 "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg,
+                                 "vocab": ckpt_vocab}, ckpt_path)
+        if cfg["eval_only"] or last_step:
+            break
+
+        # One optimizer step over `accum` micro-batches; gradients are all-reduced only on the last.
+        loss_sum = torch.zeros((), device=device)
+        for m in range(accum):
+            sync = m == accum - 1
+            with model.no_sync() if world_size > 1 and not sync else nullcontext():
+                with ctx:
+                    _, loss = model(x, y)
+                    loss = loss / accum
+                x, y = splits["train"].get(streams[(m + 1) % accum])  # fetch ahead while the GPU works
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iters_since_log += 1
+
+        if iter_num % cfg["log_interval"] == 0:
+            if world_size > 1:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            lossf = loss_sum.item()  # the one host sync per log line
+            now = time.time()
+            dt = (now - t_log) / iters_since_log
+            t_log, iters_since_log = now, 0
+            logs_done += 1
+            mfu = raw_model.estimate_mfu(cfg["batch_size"] * accum, dt, peak_flops)
+            mfu_text = "n/a" if mfu is None else f"{mfu * 100:.2f}%"
+            tok_s = tokens_per_iter / dt
+            log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}")
+            if cfg["wandb_log"] and master and logs_done > 1:
+                wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s})
+
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))
