@@ -3,7 +3,7 @@
     cfg = load_config(DEFAULTS, sys.argv[1:])
 
 Each script keeps its defaults in one dict. Positional arguments are config files (plain Python
-assignments, applied in order); `--key=value` arguments override them. Every key must already
+assignments) and `--key=value` arguments set single keys; all are applied in the order given. Every key must already
 exist in the defaults and keep its type (an int may stand where a float is expected), so a typo
 is an error naming the key and its closest valid spellings, never a silently ignored setting.
 """
@@ -35,7 +35,7 @@ def _unknown_key(key, defaults, where):
 
 def _coerce(key, value, default, where):
     """Check that value fits the type of the default; int -> float is allowed."""
-    if default is None or value is None or type(value) is type(default):
+    if default is None or type(value) is type(default):
         return value
     if isinstance(default, float) and type(value) is int:
         return float(value)
@@ -66,7 +66,7 @@ def read_config_file(path):
 
 
 def load_config(defaults, argv):
-    """Return a new dict: defaults, then each config file in argv, then each --key=value in argv."""
+    """Return a new dict: the defaults updated by each config file and --key=value, left to right."""
     cfg = dict(defaults)
     for arg in argv:
         if not arg.startswith("--"):

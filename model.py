@@ -145,6 +145,8 @@ class GPT(nn.Module):
         hf_config, state = load_hf_gpt2(name_or_path)
         if hf_config.get("n_inner") not in (None, 4 * hf_config["n_embd"]):
             raise ValueError(f"{name_or_path}: n_inner={hf_config['n_inner']} is not 4*n_embd; unsupported")
+        if hf_config.get("activation_function", "gelu_new") != "gelu_new":
+            raise ValueError(f"{name_or_path}: activation {hf_config['activation_function']} is unsupported (gelu_new only)")
         config = GPTConfig(block_size=hf_config["n_positions"], vocab_size=hf_config["vocab_size"],
                            n_layer=hf_config["n_layer"], n_head=hf_config["n_head"],
                            n_embd=hf_config["n_embd"], bias=True,
@@ -163,8 +165,8 @@ class GPT(nn.Module):
                 if w.shape != target.shape:
                     raise ValueError(f"{name_or_path}: '{key}' has shape {tuple(w.shape)}, expected {tuple(target.shape)}")
                 target.copy_(w)
-        if "block_size" in override_args and override_args["block_size"] < config.block_size:
-            model.crop_block_size(override_args["block_size"])
+        if "block_size" in override_args:
+            model.crop_block_size(override_args["block_size"])  # raises if it would grow
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):

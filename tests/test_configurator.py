@@ -96,6 +96,7 @@ def test_unknown_command_line_key_suggests_closest():
         load_config(DEFAULTS, ["--batchsize=3"])
     msg = str(err.value)
     assert "batchsize" in msg and "batch_size" in msg and "command line" in msg
+    assert "learning_rate" not in msg, "should suggest the close keys, not list them all"
 
 
 def test_unknown_key_without_close_match_lists_valid_keys():
