@@ -62,7 +62,7 @@ def main(argv):
             raise UserError(f"{path} not found: run python data/{cfg['dataset']}/prepare.py, "
                             "or pass --real_data=False for random tokens")
         batches, generator = Batches(path, B, T, device), torch.Generator().manual_seed(cfg["seed"])
-        get_batch = lambda: batches.get(generator)  # noqa: E731
+        get_batch = lambda: batches.get(batches.random_starts(generator))  # noqa: E731
     else:
         x = torch.randint(50257, (B, T), device=device)
         get_batch = lambda: (x, x)  # noqa: E731

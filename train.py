@@ -82,24 +82,50 @@ def get_lr(it, cfg):
 
 
 class Batches:
-    """Random (x, y) windows from a uint16 token file. The memmap is reopened for every batch,
-    so reading a large file never accumulates pages in this process's memory."""
+    """(x, y) windows of a uint16 token file, y being x shifted by one token. The memmap is reopened
+    for every batch, so reading a large file never accumulates pages in this process's memory."""
 
     def __init__(self, path, batch_size, block_size, device):
         self.path, self.batch_size, self.block_size, self.device = path, batch_size, block_size, device
-        n = len(np.memmap(path, dtype=np.uint16, mode="r"))
-        if n <= block_size:
-            raise UserError(f"{path} holds {n} tokens, too few for block_size={block_size}; "
+        self.n_tokens = len(np.memmap(path, dtype=np.uint16, mode="r"))
+        if self.n_tokens <= block_size:
+            raise UserError(f"{path} holds {self.n_tokens} tokens, too few for block_size={block_size}; "
                             "use a smaller --block_size or more data")
 
-    def get(self, generator):
+    def random_starts(self, generator):
+        return torch.randint(self.n_tokens - self.block_size, (self.batch_size,), generator=generator).numpy()
+
+    def get(self, starts):
         data = np.memmap(self.path, dtype=np.uint16, mode="r")
-        starts = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=generator).numpy()
-        rows = torch.from_numpy(data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        rows = torch.from_numpy(data[np.asarray(starts)[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
         x, y = rows[:, :-1], rows[:, 1:]
         if self.device.startswith("cuda"):  # pinned memory lets the copy overlap the compute
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
+
+
+class EpochOrder:
+    """Where training window w of the run starts. Each epoch cuts the tokens into block_size windows
+    at a random offset and visits them all in a random order, so every token is trained on once per
+    epoch (independent random windows leave ~22% of the tokens unseen after 1.5 epochs). Window w
+    depends only on (seed, w): the same whatever the number of processes, and exact on resume."""
+
+    def __init__(self, n_tokens, block_size, seed):
+        self.block_size, self.seed = block_size, seed
+        self.n = max(1, (n_tokens - block_size) // block_size)  # windows per epoch
+        self.offsets = min(block_size, n_tokens - self.n * block_size)  # any offset keeps all windows whole
+        self.epoch = None
+
+    def starts(self, first, count):
+        out = np.empty(count, dtype=np.int64)
+        for i, w in enumerate(range(first, first + count)):
+            epoch, k = divmod(w, self.n)
+            if epoch != self.epoch:
+                g = torch.Generator().manual_seed(self.seed + 7919 * epoch)
+                self.offset = int(torch.randint(self.offsets, (1,), generator=g))
+                self.order, self.epoch = torch.randperm(self.n, generator=g).numpy(), epoch
+            out[i] = self.offset + self.order[k] * self.block_size
+        return out
 
 
 @torch.no_grad()
@@ -112,7 +138,7 @@ def estimate_loss(model, splits, eval_iters, seed, ctx):
         generator = torch.Generator().manual_seed(seed + 1_000_003 * (i + 1))
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
-            x, y = batches.get(generator)
+            x, y = batches.get(batches.random_starts(generator))
             with ctx:
                 losses[k] = model(x, y)[1].item()
         out[name] = losses.mean().item()
@@ -167,8 +193,9 @@ def main(argv):
     torch.backends.cudnn.allow_tf32 = True
     ctx = autocast(device, dtype)
 
-    # Data. Micro-batch m of a step comes from its own random stream, numbered across processes,
-    # so a step sees the same data however the micro-batches are spread over processes.
+    # Data. Micro-batch m of step s on this process holds training windows numbered from
+    # ((s * world_size + rank) * accum + m) * batch_size: a step sees the same data however its
+    # micro-batches are spread over processes, and a resumed run continues the same sequence.
     data_folder = os.path.join(cfg["data_dir"], cfg["dataset"])
     for split in ("train", "val"):
         if not os.path.isfile(os.path.join(data_folder, f"{split}.bin")):
@@ -176,7 +203,12 @@ def main(argv):
                             f"run python data/{cfg['dataset']}/prepare.py first (or set --data_dir)")
     splits = {s: Batches(os.path.join(data_folder, f"{s}.bin"), cfg["batch_size"], cfg["block_size"], device)
               for s in ("train", "val")}
-    streams = [torch.Generator().manual_seed(cfg["seed"] + 1 + rank * accum + m) for m in range(accum)]
+    order = EpochOrder(splits["train"].n_tokens, cfg["block_size"], cfg["seed"])
+
+    def train_batch(step, m):
+        first = ((step * world_size + rank) * accum + m) * cfg["batch_size"]
+        return splits["train"].get(order.starts(first, cfg["batch_size"]))
+
     vocab = load_vocab(data_folder)
 
     model, ckpt = init_model(cfg, vocab, log)
@@ -213,7 +245,7 @@ def main(argv):
 
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     start_iter = iter_num
-    x, y = splits["train"].get(streams[0])
+    x, y = train_batch(start_iter, 0)
     t_log, iters_since_log, logs_done = time.time(), 0, 0
     for iter_num in range(start_iter, cfg["max_iters"] + 1):
         last_step = iter_num == cfg["max_iters"]
@@ -248,7 +280,7 @@ def main(argv):
                 with ctx:
                     _, loss = model(x, y)
                     loss = loss / accum
-                x, y = splits["train"].get(streams[(m + 1) % accum])  # fetch ahead while the GPU works
+                x, y = train_batch(iter_num + (m + 1) // accum, (m + 1) % accum)  # fetch ahead while the GPU works
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
         if cfg["grad_clip"] > 0:

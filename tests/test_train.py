@@ -218,7 +218,8 @@ def test_learning_rate_schedule():
 def test_batches_are_shifted_windows(tmp_path):
     from train import Batches
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "t.bin")
-    x, y = Batches(str(tmp_path / "t.bin"), 8, 32, "cpu").get(torch.Generator().manual_seed(0))
+    batches = Batches(str(tmp_path / "t.bin"), 8, 32, "cpu")
+    x, y = batches.get(batches.random_starts(torch.Generator().manual_seed(0)))
     assert x.shape == y.shape == (8, 32) and x.dtype == torch.int64
     assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(x[:, 1:] - x[:, :-1], torch.ones(8, 31, dtype=torch.long))
     assert int(y.max()) < 1000
@@ -258,3 +259,28 @@ def test_bench_runs_synthetic_and_real(tmp_path, char_data):
         out = run_script("bench.py", *small, *extra, cwd=tmp_path).stdout
         match = re.search(r"loss (\d+\.\d+); (\d+\.\d+) ms/iter, ([\d,]+) tokens/s, mfu n/a", out)
         assert match and math.isfinite(float(match.group(1))) and float(match.group(2)) > 0
+
+
+def test_wandb_logging_offline(tmp_path, char_data):
+    pytest.importorskip("wandb")
+    train(tmp_path, char_data, "--max_iters=2", "--eval_interval=2", "--wandb_log=True",
+          "--wandb_project=test", "--wandb_run_name=tiny")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("n_tokens, block_size", [(1000, 32), (1024, 32), (50, 32), (33, 32)])
+def test_epoch_order_visits_every_window_once_per_epoch(n_tokens, block_size):
+    from train import EpochOrder
+    order = EpochOrder(n_tokens, block_size, seed=3)
+    n = order.n
+    for epoch in range(3):
+        starts = order.starts(epoch * n, n)
+        assert len(set(starts)) == n  # no window twice
+        assert len({s % block_size for s in starts}) == 1  # one offset per epoch: windows tile the data
+        assert starts.min() >= 0 and starts.max() + block_size + 1 <= n_tokens  # x and y both fit
+    if n > 1:  # a fresh object, or reading in other pieces, gives the same windows: order is a pure function
+        again = EpochOrder(n_tokens, block_size, seed=3)
+        assert np.array_equal(np.concatenate([again.starts(w, 1) for w in range(2 * n)]),
+                              np.concatenate([order.starts(0, n), order.starts(n, n)]))
+        assert not np.array_equal(order.starts(0, n), order.starts(n, n))  # epochs are reshuffled
