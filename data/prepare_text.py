@@ -117,6 +117,16 @@ def write_bpe_dataset(text, out_dir, val_fraction=0.1):
 WRITERS = {"char": write_char_dataset, "gpt2": write_bpe_dataset}
 
 
+def prepare_downloaded_text(description, url, tokenizer, default_out_dir):
+    """The command line of a data/<name>/prepare.py whose dataset is one text file at url."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--input", help="local copy of the text (default: <out_dir>/input.txt, downloaded if missing)")
+    parser.add_argument("--out_dir", default=default_out_dir, help="folder to write the dataset into (default: the script's)")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="fraction of the text (at its end) kept for val")
+    args = parser.parse_args()
+    WRITERS[tokenizer](get_input_text(args.out_dir, url, args.input), args.out_dir, args.val_fraction)
+
+
 def main():
     parser = argparse.ArgumentParser(description="Turn a UTF-8 text file into train.bin/val.bin/meta.json.")
     parser.add_argument("--input", required=True, help="path of the text file")

@@ -33,6 +33,16 @@ def offline_gpt2_tokenizer(tmp_path_factory):
     yield str(cache)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny in-process models run fastest on one thread, and far faster than two on a shared CPU."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_script(*args, cwd=None, timeout=600, check=True, env=None):
     """Run `python <args>` like a user would (script paths relative to the repo); return the result."""
     argv = [sys.executable] + [os.path.join(REPO, a) if a.endswith(".py") and not os.path.isabs(a)
