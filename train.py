@@ -146,6 +146,15 @@ def estimate_loss(model, splits, eval_iters, seed, ctx):
     return out
 
 
+def check_finite(losses, iter_num, ckpt_path):
+    """Stop a diverged run before it can save: the checkpoint on disk stays the last finite model."""
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(f"training diverged: {', '.join(f'{k} loss {v}' for k, v in bad.items())} at iteration "
+                        f"{iter_num}; {ckpt_path} was not overwritten. Try a lower --learning_rate, "
+                        "--grad_clip=1.0, or --dtype=bfloat16 instead of float16")
+
+
 def init_model(cfg, vocab, log):
     """(model, checkpoint or None) for cfg['init_from']."""
     init_from = cfg["init_from"]
@@ -211,6 +220,10 @@ def main(argv):
 
     vocab = load_vocab(data_folder)
 
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    if cfg["init_from"] != "resume" and not cfg["eval_only"] and os.path.exists(ckpt_path):
+        raise UserError(f"{ckpt_path} already exists and a new run would overwrite it: continue it with "
+                        "--init_from=resume, or choose another --out_dir (or move the file away)")
     model, ckpt = init_model(cfg, vocab, log)
     resumed = ckpt is not None
     if cfg["block_size"] > model.config.block_size:
@@ -243,7 +256,6 @@ def main(argv):
         import wandb
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     start_iter = iter_num
     x, y = train_batch(start_iter, 0)
     t_log, iters_since_log, logs_done = time.time(), 0, 0
@@ -258,6 +270,7 @@ def main(argv):
                                                                    or last_step or cfg["eval_only"]):
             losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx)
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            check_finite(losses, iter_num, ckpt_path)
             if cfg["wandb_log"] and master:
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
             improved = losses["val"] < best_val_loss
@@ -295,6 +308,7 @@ def main(argv):
             if world_size > 1:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             lossf = loss_sum.item()  # the one host sync per log line
+            check_finite({"train": lossf}, iter_num, ckpt_path)
             now = time.time()
             dt = (now - t_log) / iters_since_log
             t_log, iters_since_log = now, 0

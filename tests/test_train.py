@@ -284,3 +284,21 @@ def test_epoch_order_visits_every_window_once_per_epoch(n_tokens, block_size):
         assert np.array_equal(np.concatenate([again.starts(w, 1) for w in range(2 * n)]),
                               np.concatenate([order.starts(0, n), order.starts(n, n)]))
         assert not np.array_equal(order.starts(0, n), order.starts(n, n))  # epochs are reshuffled
+
+
+def test_scratch_run_never_overwrites_an_existing_checkpoint(tmp_path, char_data):
+    train(tmp_path, char_data, "--max_iters=2", "--eval_interval=2")
+    before = (tmp_path / "out" / "ckpt.pt").read_bytes()
+    again = train(tmp_path, char_data, "--max_iters=2", "--eval_interval=2", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--init_from=resume" in again.stderr
+    assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+
+
+def test_diverging_run_stops_without_saving_a_poisoned_checkpoint(tmp_path, char_data):
+    result = train(tmp_path, char_data, "--max_iters=30", "--eval_interval=1", "--learning_rate=1e9",
+                   "--decay_lr=False", "--grad_clip=0.0", check=False)
+    assert result.returncode == 2 and "training diverged" in result.stderr
+    assert "Traceback" not in result.stderr
+    path = tmp_path / "out" / "ckpt.pt"
+    if path.exists():  # whatever was saved before the divergence is finite
+        assert all(torch.isfinite(t).all() for t in load(path)["model"].values())
