@@ -239,8 +239,12 @@ def load_hf_gpt2(name_or_path):
     elif name_or_path in HF_NAMES:
         from huggingface_hub import hf_hub_download
         repo = HF_NAMES[name_or_path]
-        folder = os.path.dirname(hf_hub_download(repo, "config.json"))
-        weights = hf_hub_download(repo, "model.safetensors")
+        try:
+            folder = os.path.dirname(hf_hub_download(repo, "config.json"))
+            weights = hf_hub_download(repo, "model.safetensors")
+        except Exception as e:  # offline, hub down, no disk space: say which and what to do instead
+            raise ValueError(f"could not download {name_or_path} from the Hugging Face hub ({type(e).__name__}); "
+                             "check the network, or pass a local directory holding the checkpoint") from None
     else:
         raise ValueError(f"unknown model '{name_or_path}': use one of {', '.join(HF_NAMES)} "
                          "or a directory holding a Hugging Face GPT-2 checkpoint")

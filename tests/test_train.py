@@ -188,6 +188,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, char_data):
     (["--block_size=5000"], "too few for block_size=5000"),
     (["--dtype=float8"], "unknown dtype 'float8'"),
     (["--init_from=resume"], "no checkpoint at"),
+    (["--init_from=gpt2"], "could not download gpt2"),  # the tests run with HF_HUB_OFFLINE=1
 ])
 def test_user_errors_are_one_line(tmp_path, char_data, args, message):
     result = train(tmp_path, char_data, "--max_iters=2", *args, check=False)
