@@ -1,4 +1,4 @@
-# GPT-2 (124M) on OpenWebText: about 4 days on 8 A100s for val loss ~2.85.
+# GPT-2 (124M) on OpenWebText. nanoGPT's README reports val loss ~2.85 after ~4 days on 8 A100s.
 # Launch on one node of 8 GPUs:   torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 # Prepare the data first:         python data/openwebtext/prepare.py
 
