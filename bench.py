@@ -14,9 +14,9 @@ import time
 import torch
 
 from configurator import UserError, load_config, run_main
+from dataloader import Batches
 from model import GPT, GPTConfig, device_peak_flops
 from runtime import autocast, maybe_compile, resolve_device, resolve_dtype
-from train import Batches
 
 DEFAULTS = dict(
     batch_size=12,          # sequences per step

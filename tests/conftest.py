@@ -1,11 +1,14 @@
 """Shared test fixtures: the repo root, an offline GPT-2 tokenizer, and a way to run our scripts."""
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -53,3 +56,46 @@ def run_script(*args, cwd=None, timeout=600, check=True, env=None):
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
     return result
+
+
+# A tiny training setup shared by the end-to-end tests: one fast model, two small datasets.
+TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16",
+        "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--gradient_accumulation_steps=1",
+        "--warmup_iters=2", "--learning_rate=1e-2"]
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+
+
+@pytest.fixture
+def char_data(tmp_path):
+    """A char-level dataset folder in our format: (data_dir, dataset name, itos)."""
+    itos = sorted(set(TEXT))
+    ids = np.array([itos.index(c) for c in TEXT], dtype=np.uint16)
+    folder = tmp_path / "data" / "chars"
+    folder.mkdir(parents=True)
+    ids[: len(ids) * 9 // 10].tofile(folder / "train.bin")
+    ids[len(ids) * 9 // 10:].tofile(folder / "val.bin")
+    (folder / "meta.json").write_text(json.dumps({"vocab_size": len(itos), "itos": itos}))
+    return str(tmp_path / "data"), "chars", itos
+
+
+def train(tmp_path, data, *extra, check=True):
+    data_dir, dataset, _ = data
+    return run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--dataset={dataset}",
+                      f"--out_dir={tmp_path / 'out'}", *extra, cwd=tmp_path, check=check)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def bpe_data(tmp_path):
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    ids = np.array(enc.encode_ordinary(TEXT), dtype=np.uint16)
+    folder = tmp_path / "data" / "bpe"
+    folder.mkdir(parents=True)
+    ids[: len(ids) * 9 // 10].tofile(folder / "train.bin")
+    ids[len(ids) * 9 // 10:].tofile(folder / "val.bin")
+    (folder / "meta.json").write_text(json.dumps({"vocab_size": enc.n_vocab, "tokenizer": "gpt2"}))
+    return str(tmp_path / "data"), "bpe", None

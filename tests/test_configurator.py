@@ -1,5 +1,4 @@
 """configurator.py: config files, --key=value overrides, literal parsing, and its user-facing errors."""
-import sys
 import textwrap
 
 import pytest

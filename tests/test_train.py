@@ -1,45 +1,14 @@
 """train.py, sample.py and bench.py end to end, run as subprocesses the way users run them."""
-import json
 import math
 import os
 import pickle
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_script
-
-TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16",
-        "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--gradient_accumulation_steps=1",
-        "--warmup_iters=2", "--learning_rate=1e-2"]
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
-
-
-@pytest.fixture
-def char_data(tmp_path):
-    """A char-level dataset folder in our format: (data_dir, dataset name, itos)."""
-    itos = sorted(set(TEXT))
-    ids = np.array([itos.index(c) for c in TEXT], dtype=np.uint16)
-    folder = tmp_path / "data" / "chars"
-    folder.mkdir(parents=True)
-    ids[: len(ids) * 9 // 10].tofile(folder / "train.bin")
-    ids[len(ids) * 9 // 10:].tofile(folder / "val.bin")
-    (folder / "meta.json").write_text(json.dumps({"vocab_size": len(itos), "itos": itos}))
-    return str(tmp_path / "data"), "chars", itos
-
-
-def train(tmp_path, data, *extra, check=True):
-    data_dir, dataset, _ = data
-    return run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--dataset={dataset}",
-                      f"--out_dir={tmp_path / 'out'}", *extra, cwd=tmp_path, check=check)
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
+from conftest import REPO, TINY, load, run_script, train
 
 def test_scratch_then_resume_continues_iteration_count(tmp_path, char_data):
     first = train(tmp_path, char_data, "--max_iters=6", "--eval_interval=3")
@@ -118,19 +87,6 @@ def test_nanogpt_checkpoint_samples_and_resumes(tmp_path, char_data):
     res = train(tmp_path, char_data, "--init_from=resume", "--max_iters=4", "--eval_interval=2")
     assert re.findall(r"^iter (\d+):", res.stdout, re.M) == ["2", "3"]
     assert load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 4
-
-
-@pytest.fixture
-def bpe_data(tmp_path):
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
-    ids = np.array(enc.encode_ordinary(TEXT), dtype=np.uint16)
-    folder = tmp_path / "data" / "bpe"
-    folder.mkdir(parents=True)
-    ids[: len(ids) * 9 // 10].tofile(folder / "train.bin")
-    ids[len(ids) * 9 // 10:].tofile(folder / "val.bin")
-    (folder / "meta.json").write_text(json.dumps({"vocab_size": enc.n_vocab, "tokenizer": "gpt2"}))
-    return str(tmp_path / "data"), "bpe", None
 
 
 def test_bpe_train_and_sample_never_emit_padding_ids(tmp_path, bpe_data):
@@ -217,7 +173,7 @@ def test_learning_rate_schedule():
 
 
 def test_batches_are_shifted_windows(tmp_path):
-    from train import Batches
+    from dataloader import Batches
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "t.bin")
     batches = Batches(str(tmp_path / "t.bin"), 8, 32, "cpu")
     x, y = batches.get(batches.random_starts(torch.Generator().manual_seed(0)))
@@ -272,7 +228,7 @@ def test_wandb_logging_offline(tmp_path, char_data):
 
 @pytest.mark.parametrize("n_tokens, block_size", [(1000, 32), (1024, 32), (50, 32), (33, 32)])
 def test_epoch_order_visits_every_window_once_per_epoch(n_tokens, block_size):
-    from train import EpochOrder
+    from dataloader import EpochOrder
     order = EpochOrder(n_tokens, block_size, seed=3)
     n = order.n
     for epoch in range(3):
