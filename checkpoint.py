@@ -4,10 +4,14 @@ A checkpoint is a dict with nanoGPT's keys -- model, optimizer, model_args, iter
 best_val_loss, config -- plus our own (scaler, vocab). Everything is loaded with
 torch.load(weights_only=True): a checkpoint can hold tensors and plain values, never code.
 """
+import glob
 import json
 import os
 import pickle
+import random
+import re
 
+import numpy as np
 import torch
 
 from configurator import UserError
@@ -18,13 +22,62 @@ MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
 
 def save_checkpoint(ckpt, path):
     """Write to a temporary file beside path, flush it to disk, then rename it over path:
-    a crash mid-write leaves the previous checkpoint whole."""
+    a crash mid-write leaves the previous checkpoint whole (and only a stray .tmp file)."""
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         torch.save(ckpt, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself survive a power cut
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def snapshot_path(out_dir, iter_num):
+    return os.path.join(out_dir, f"ckpt_{iter_num:07d}.pt")
+
+
+def checkpoint_files(out_dir):
+    """The checkpoints in out_dir: ckpt.pt, best.pt and the ckpt_NNNNNNN.pt snapshots."""
+    names = [os.path.join(out_dir, n) for n in ("ckpt.pt", "best.pt")]
+    snapshots = [p for p in glob.glob(os.path.join(out_dir, "ckpt_*.pt"))
+                 if re.fullmatch(r"ckpt_\d+\.pt", os.path.basename(p))]
+    return [p for p in names if os.path.isfile(p)] + sorted(snapshots)
+
+
+def prune_snapshots(out_dir, keep, protected, log):
+    """Delete all but the newest `keep` snapshots, sparing the iterations in `protected`."""
+    snapshots = [p for p in checkpoint_files(out_dir) if os.path.basename(p).startswith("ckpt_")]
+    periodic = [p for p in snapshots if int(os.path.basename(p)[5:-3]) not in protected]
+    for path in periodic[:max(0, len(periodic) - keep)]:
+        log(f"removing {path} (keep_last={keep})")
+        os.remove(path)
+
+
+def find_resume_checkpoint(out_dir, log):
+    """The path of the checkpoint in out_dir with the highest iteration that reads back whole.
+    Unreadable files are reported and skipped, never touched; if none is readable, that is an error."""
+    paths = checkpoint_files(out_dir)
+    if not paths:
+        load_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # raises the "no checkpoint" error
+    best, best_iter, broken = None, -1, []
+    for path in paths:
+        try:  # mmap reads only the small values, not every tensor
+            iter_num = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iter_num", 0)
+        except Exception:
+            broken.append(path)
+            continue
+        if iter_num > best_iter:
+            best, best_iter = path, iter_num
+    if best is None:
+        load_checkpoint(broken[0])  # raises the "truncated or corrupted" error for it
+    for path in broken:
+        log(f"note: skipping {path}: it could not be read (truncated or corrupted); it was left as it is")
+    return best
 
 
 def strip_wrapper_prefixes(state_dict):
@@ -87,3 +140,23 @@ def load_vocab(folder):
         except Exception as e:
             raise UserError(f"{pkl_path} is not a nanoGPT vocabulary file ({e})") from None
     return None
+
+
+def rng_state():
+    """Every random number generator a training step can draw from, to resume bit for bit."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -73,14 +73,25 @@ def compile_problem(device):
     return None
 
 
+def compile_probe(device):
+    """Compile and run a tiny function, so a broken toolchain (no usable C++ compiler, a GPU too old
+    for Triton, an unsupported Python) shows up here, as a reason, rather than mid-training."""
+    try:
+        torch.compile(lambda t: torch.sin(t) * 2 + 1)(torch.ones(8, device=device))
+    except Exception as e:
+        first_line = (str(e).strip().splitlines() or [""])[0][:160]
+        return f"torch.compile failed on a test function ({type(e).__name__}: {first_line})"
+    return None
+
+
 def maybe_compile(model, enabled, device, log=print):
     """Compile the model in place (its state_dict keeps plain names) when enabled and possible here;
     otherwise leave it eager with a one-line note. Returns whether it was compiled."""
     if not enabled:
         return False
-    problem = compile_problem(device)
+    problem = compile_problem(device) or compile_probe(device)
     if problem:
-        log(f"note: running without torch.compile: {problem} (pass --compile=False to silence this)")
+        log(f"warning: running without torch.compile: {problem} (pass --compile=False to silence this)")
         return False
     model.compile()
     return True

@@ -17,7 +17,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import MODEL_ARGS, load_checkpoint, load_vocab, model_from_checkpoint, save_checkpoint
+from checkpoint import (MODEL_ARGS, checkpoint_files, find_resume_checkpoint, load_checkpoint, load_vocab,
+                        model_from_checkpoint, prune_snapshots, rng_state, save_checkpoint, set_rng_state,
+                        snapshot_path)
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
@@ -31,6 +33,10 @@ DEFAULTS = dict(
     eval_iters=200,                # batches per split when estimating train/val loss
     eval_only=False,               # evaluate once and exit
     always_save_checkpoint=True,   # save at every evaluation, not only when val loss improves
+    save_interval=0,               # also keep a snapshot ckpt_NNNNNNN.pt every this many steps (0: off)
+    save_iters=[],                 # ...and at these steps, e.g. --save_iters=[1000,5000]
+    keep_last=0,                   # keep only the newest this many periodic snapshots (0: all of them)
+    keep_best=False,               # also write best.pt whenever the val loss improves
     init_from="scratch",           # 'scratch', 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a HF GPT-2 dir
     # weights & biases
     wandb_log=False,               # log to wandb (imported only when this is on)
@@ -108,6 +114,34 @@ def check_finite(losses, iter_num, ckpt_path):
                         "--grad_clip=1.0, or --dtype=bfloat16 instead of float16")
 
 
+def check_settings(cfg):
+    """Catch impossible values before anything runs, naming the key."""
+    for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval",
+                "eval_iters"):
+        if cfg[key] < 1:
+            raise UserError(f"{key}={cfg[key]} must be at least 1")
+    for key in ("max_iters", "save_interval", "keep_last", "warmup_iters"):
+        if cfg[key] < 0:
+            raise UserError(f"{key}={cfg[key]} must not be negative")
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise UserError(f"n_embd={cfg['n_embd']} must be divisible by n_head={cfg['n_head']}")
+    if not 0 <= cfg["dropout"] < 1:
+        raise UserError(f"dropout={cfg['dropout']} must be in [0, 1)")
+    if not all(isinstance(i, int) and i > 0 for i in cfg["save_iters"]):
+        raise UserError(f"save_iters={cfg['save_iters']} must be a list of positive steps, like [1000,5000]")
+
+
+def check_vocab(model_vocab, data_vocab, vocab_size, dataset):
+    """A model can only go on training on data written with its own vocabulary."""
+    if not data_vocab:
+        return  # no meta.json/meta.pkl: nothing to compare
+    describe = lambda v: f"a {len(v['itos'])}-character vocabulary" if v.get("itos") else "GPT-2's BPE"  # noqa: E731
+    if data_vocab["vocab_size"] > vocab_size or (model_vocab and model_vocab.get("itos") != data_vocab.get("itos")):
+        raise UserError(f"vocabulary mismatch: dataset '{dataset}' was prepared with {describe(data_vocab)}, "
+                        f"the model uses {describe(model_vocab or {})} ({vocab_size} ids); prepare the data with "
+                        "the model's tokenizer, or train a new model with --init_from=scratch")
+
+
 def init_model(cfg, vocab, log):
     """(model, checkpoint or None) for cfg['init_from']."""
     init_from = cfg["init_from"]
@@ -116,8 +150,9 @@ def init_model(cfg, vocab, log):
         log(f"initializing a new model from scratch (vocab_size {vocab_size})")
         return GPT(GPTConfig(vocab_size=vocab_size, **{k: cfg[k] for k in MODEL_ARGS if k != "vocab_size"})), None
     if init_from == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
-        log(f"resuming from {cfg['out_dir']}/ckpt.pt at iteration {ckpt.get('iter_num', 0)}")
+        path = find_resume_checkpoint(cfg["out_dir"], log)
+        ckpt = load_checkpoint(path)
+        log(f"resuming from {path} at iteration {ckpt.get('iter_num', 0)}")
         return model_from_checkpoint(ckpt, dropout=cfg["dropout"]), ckpt
     if init_from in HF_NAMES or os.path.isdir(init_from):
         log(f"initializing from GPT-2 weights: {init_from}")
@@ -134,6 +169,7 @@ def init_model(cfg, vocab, log):
 
 def main(argv):
     cfg = load_config(DEFAULTS, argv)
+    check_settings(cfg)
     device = resolve_device(cfg["device"])
     rank, local_rank, world_size, device = setup_distributed(cfg["backend"], device)
     master = rank == 0
@@ -148,8 +184,6 @@ def main(argv):
     accum = cfg["gradient_accumulation_steps"] // world_size
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
     log(f"world size {world_size}, device {device}, dtype {dtype}; tokens per iteration {tokens_per_iter:,}")
-    if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
     torch.manual_seed(cfg["seed"])  # the same initial weights on every process
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -168,12 +202,16 @@ def main(argv):
 
     vocab = load_vocab(data_folder)
 
+    # Nothing is written to out_dir until the first save, and a new run never replaces an old one's files.
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    if cfg["init_from"] != "resume" and not cfg["eval_only"] and os.path.exists(ckpt_path):
-        raise UserError(f"{ckpt_path} already exists and a new run would overwrite it: continue it with "
+    existing = checkpoint_files(cfg["out_dir"])
+    if cfg["init_from"] != "resume" and not cfg["eval_only"] and existing:
+        raise UserError(f"{existing[0]} already exists and a new run would overwrite it: continue it with "
                         "--init_from=resume, or choose another --out_dir (or move the file away)")
     model, ckpt = init_model(cfg, vocab, log)
     resumed = ckpt is not None
+    model_vocab = ckpt.get("vocab") if resumed else (vocab if cfg["init_from"] == "scratch" else {"tokenizer": "gpt2"})
+    check_vocab(model_vocab, vocab, model.config.vocab_size, cfg["dataset"])
     if cfg["block_size"] > model.config.block_size:
         raise UserError(f"block_size={cfg['block_size']} is larger than the model's {model.config.block_size}")
     model.to(device)
@@ -182,17 +220,19 @@ def main(argv):
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
                                            (cfg["beta1"], cfg["beta2"]), device_type)
     iter_num, best_val_loss = 0, float("inf")
-    if ckpt is not None:
+    if resumed:
         optimizer.load_state_dict(ckpt["optimizer"])
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss = ckpt.get("iter_num", 0), ckpt.get("best_val_loss", float("inf"))
-        if "vocab" not in ckpt and vocab and "itos" in vocab:
-            ckpt["vocab"] = vocab
-        ckpt_vocab = ckpt.get("vocab")
+        if len(ckpt.get("rng", [])) == world_size:  # dropout continues exactly where it stopped
+            set_rng_state(ckpt["rng"][rank])
+        elif "rng" in ckpt:
+            log(f"note: the checkpoint's random states are for {len(ckpt['rng'])} processes, not {world_size}; "
+                "dropout noise restarts from the seed")
         del ckpt  # free the loaded tensors
-    else:
-        ckpt_vocab = vocab if vocab and "itos" in vocab else {"tokenizer": "gpt2"}
+    if not model_vocab:
+        model_vocab = vocab if vocab and "itos" in vocab else {"tokenizer": "gpt2"}
     model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
     maybe_compile(model, cfg["compile"], device, log)
     raw_model = model
@@ -204,7 +244,29 @@ def main(argv):
         import wandb
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
+    def save(paths):
+        """Write the run's whole state to each path. Every process takes part: rank 0 gathers their
+        random states, so a resumed run redraws exactly the dropout noise it would have drawn."""
+        states = [rng_state() for _ in range(world_size)]
+        if world_size > 1:
+            dist.all_gather_object(states, rng_state())
+        if not master:
+            return
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        for path in paths:
+            log(f"saving checkpoint to {path}")
+            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
+                             "best_val_loss": best_val_loss, "config": cfg, "vocab": model_vocab,
+                             "rng": states}, path)
+        if cfg["keep_last"] and any(os.path.basename(p).startswith("ckpt_") for p in paths):
+            prune_snapshots(cfg["out_dir"], cfg["keep_last"], set(cfg["save_iters"]), log)
+
     start_iter = iter_num
+    have_ckpt = [os.path.exists(ckpt_path)]
+    if world_size > 1:  # every process must make the same save decisions: rank 0's disk decides
+        dist.broadcast_object_list(have_ckpt)
+    have_ckpt = have_ckpt[0]
     x, y = train_batch(start_iter, 0)
     t_log, iters_since_log, logs_done = time.time(), 0, 0
     for iter_num in range(start_iter, cfg["max_iters"] + 1):
@@ -214,6 +276,7 @@ def main(argv):
             group["lr"] = lr
 
         # A resumed run skips the evaluation its checkpoint was saved right after.
+        paths = []
         if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
                                                                    or last_step or cfg["eval_only"]):
             losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx)
@@ -223,13 +286,16 @@ def main(argv):
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
-            if master and iter_num > 0 and (improved or cfg["always_save_checkpoint"]
-                                             or (last_step and not os.path.exists(ckpt_path))):
-                log(f"saving checkpoint to {ckpt_path}")
-                save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict(), "model_args": model_args,
-                                 "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg,
-                                 "vocab": ckpt_vocab}, ckpt_path)
+            if improved or cfg["always_save_checkpoint"] or (last_step and not have_ckpt):
+                paths.append(ckpt_path)
+            if improved and cfg["keep_best"]:
+                paths.append(os.path.join(cfg["out_dir"], "best.pt"))
+        if ((cfg["save_interval"] and iter_num % cfg["save_interval"] == 0) or iter_num in cfg["save_iters"]) \
+                and (iter_num > start_iter or not resumed):
+            paths.append(snapshot_path(cfg["out_dir"], iter_num))
+        if paths and iter_num > 0 and not cfg["eval_only"]:
+            save(paths)
+            have_ckpt = have_ckpt or ckpt_path in paths
         if cfg["eval_only"] or last_step:
             break
 
