@@ -39,6 +39,8 @@ def _coerce(key, value, default, where):
         return value
     if isinstance(default, float) and type(value) is int:
         return float(value)
+    if isinstance(default, list) and isinstance(value, (tuple, int)):  # --save_iters=100,200 or =100
+        return list(value) if isinstance(value, tuple) else [value]
     raise UserError(f"config key '{key}' {where} expects {type(default).__name__} "
                     f"(like {default!r}), got {type(value).__name__} {value!r}")
 
@@ -60,7 +62,11 @@ def read_config_file(path):
     with open(path) as f:
         source = f.read()
     namespace = {}
-    exec(compile(source, path, "exec"), namespace)
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except Exception as e:  # a typo in the file: say where, not a traceback into our code
+        line = getattr(e, "lineno", None) or (e.__traceback__.tb_next.tb_lineno if e.__traceback__.tb_next else "?")
+        raise UserError(f"config file '{path}' failed at line {line}: {type(e).__name__}: {e}") from None
     ignored = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)  # imports, helpers
     return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, ignored)}
 
