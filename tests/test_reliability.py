@@ -72,12 +72,12 @@ def launch(tmp_path, char_data, out, *extra):
 
 
 def test_sigkill_at_random_moments_then_resume_ends_identical(tmp_path, char_data):
-    settings = [*EXACT, "--max_iters=24", "--save_interval=1", "--keep_last=2"]
+    settings = [*EXACT, "--max_iters=16", "--save_interval=1", "--keep_last=2"]
     train(tmp_path, char_data, *settings, f"--out_dir={tmp_path / 'full'}")
     out = tmp_path / "killed"
     out.mkdir()
     rng = random.Random(0)
-    kill_at = sorted(rng.sample(range(1, 23), 4))  # kill after these lines, some of them right inside a save
+    kill_at = sorted(rng.sample(range(1, 15), 3))  # kill after these lines, some of them right inside a save
     triggers = [f"iter {k}:" if rng.random() < 0.5 else f"ckpt_{k:07d}.pt" for k in kill_at]
     for trigger in triggers:
         proc = launch(tmp_path, char_data, out, *settings)
@@ -92,13 +92,13 @@ def test_sigkill_at_random_moments_then_resume_ends_identical(tmp_path, char_dat
     assert proc.returncode == 0, log
     assert_same_state(load(out / "ckpt.pt"), load(tmp_path / "full" / "ckpt.pt"))
     assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_") and f.endswith(".pt")) == \
-        ["ckpt_0000023.pt", "ckpt_0000024.pt"]  # keep_last=2
+        ["ckpt_0000015.pt", "ckpt_0000016.pt"]  # keep_last=2
 
 
 def _write_big_checkpoint(path, template):
     from checkpoint import save_checkpoint
     ckpt = torch.load(template, weights_only=True)
-    ckpt["padding"] = torch.zeros(400_000_000, dtype=torch.uint8)  # long enough to be caught mid-write
+    ckpt["padding"] = torch.zeros(200_000_000, dtype=torch.uint8)  # long enough to be caught mid-write
     save_checkpoint(ckpt, path)
 
 
