@@ -4,6 +4,7 @@ Shared by train.py, sample.py and bench.py so that `--device`, `--dtype` and `--
 same thing everywhere and a setting the machine can't honour is a clear error, not a traceback.
 """
 import os
+import re
 import shutil
 import sys
 from contextlib import nullcontext
@@ -97,13 +98,37 @@ def maybe_compile(model, enabled, device, log=print):
     return True
 
 
+def first_slurm_host(nodelist):
+    """'gpu[07-08,11],cpu1' -> 'gpu07': the first host of a SLURM node list."""
+    head = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist)
+    prefix, ranges = head.group(1), head.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def distributed_env():
+    """(rank, local_rank, world_size) from torchrun's variables, or from srun's when a job step
+    started one process per task without torchrun; None for a single process."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    if "SLURM_PROCID" not in env or tasks < 2:
+        return None
+    rank, local_rank = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))
+    # init_process_group reads these; under srun we set them: the first node of the job hosts rank 0
+    env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))))
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    env.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(tasks))
+    return rank, local_rank, tasks
+
+
 def setup_distributed(backend, device):
-    """Join torchrun's process group if launched by torchrun.
+    """Join the process group when launched by torchrun (one node or many) or by SLURM's srun.
     Returns (rank, local_rank, world_size, device); device becomes cuda:LOCAL_RANK on GPUs."""
-    if "RANK" not in os.environ:
+    found = distributed_env()
+    if found is None:
         return 0, 0, 1, device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
+    rank, local_rank, world_size = found
     kind = device.split(":")[0]
     if kind == "cuda":
         device = f"cuda:{local_rank}"
@@ -114,3 +139,38 @@ def setup_distributed(backend, device):
         raise UserError(f"backend nccl needs CUDA GPUs; on {kind} use --backend=gloo (or --backend=auto)")
     torch.distributed.init_process_group(backend=backend)
     return rank, local_rank, world_size, device
+
+
+def shard_model(model, dtype):
+    """FSDP2: shard each transformer block, then the rest (embeddings, final norm), over all processes.
+    Parameters are gathered in `dtype` for compute; gradients are reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32) if dtype != "float32" \
+        else MixedPrecisionPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+
+
+def gather_full(obj):
+    """A (nested) state dict with every sharded DTensor gathered whole, on the CPU. Collective under
+    FSDP: every process must call it, and the result is an ordinary checkpoint anyone can load."""
+    from torch.distributed.tensor import DTensor
+    if isinstance(obj, DTensor):
+        return obj.full_tensor().cpu()
+    if isinstance(obj, dict):
+        return {k: gather_full(v) for k, v in obj.items()}
+    return obj
+
+
+def shard_optimizer_state(state, optimizer):
+    """An ordinary optimizer state dict cut to this process's shards of the optimizer's DTensor params."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    out = {"param_groups": state["param_groups"], "state": {}}
+    for i, values in state["state"].items():
+        p = params[int(i)]
+        out["state"][i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                           if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
+                           for k, v in values.items()}
+    return out

@@ -23,7 +23,8 @@ from checkpoint import (MODEL_ARGS, checkpoint_files, find_resume_checkpoint, lo
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
-from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed
+from runtime import (autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
+                     shard_model, shard_optimizer_state)
 
 DEFAULTS = dict(
     # output, evaluation, checkpoints
@@ -68,6 +69,7 @@ DEFAULTS = dict(
     min_lr=6e-5,                   # ~learning_rate / 10
     # system
     backend="auto",                # distributed backend: 'nccl' on CUDA, 'gloo' on CPU when 'auto'
+    fsdp=False,                    # shard weights, gradients and optimizer state (FSDP2) instead of DDP
     device="auto",                 # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",                  # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
     compile=True,                  # torch.compile the model (skipped with a note where it can't work)
@@ -88,19 +90,24 @@ def get_lr(it, cfg):
 
 
 @torch.no_grad()
-def estimate_loss(model, splits, eval_iters, seed, ctx):
-    """Mean loss over eval_iters batches per split. The batches are the same at every evaluation,
-    so successive val losses differ only because the model changed."""
+def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1):
+    """Mean loss over eval_iters batches per split, shared out among the processes. The batches are
+    the same at every evaluation, so successive val losses differ only because the model changed."""
     model.eval()
     out = {}
     for i, (name, batches) in enumerate(splits.items()):
         generator = torch.Generator().manual_seed(seed + 1_000_003 * (i + 1))
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            x, y = batches.get(batches.random_starts(generator))
+        starts = [batches.random_starts(generator) for _ in range(eval_iters)]
+        total = torch.zeros((), dtype=torch.float64, device=batches.device)
+        for j in range(math.ceil(eval_iters / world_size)):  # batch k goes to process k % world_size
+            k = j * world_size + rank
+            x, y = batches.get(starts[min(k, eval_iters - 1)])
             with ctx:
-                losses[k] = model(x, y)[1].item()
-        out[name] = losses.mean().item()
+                loss = model(x, y)[1].double()
+            total += loss if k < eval_iters else 0.0  # every process runs as many forwards (FSDP needs it)
+        if world_size > 1:
+            dist.all_reduce(total)
+        out[name] = total.item() / eval_iters
     model.train()
     return out
 
@@ -182,6 +189,8 @@ def main(argv):
         raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a positive "
                         f"multiple of the number of processes ({world_size})")
     accum = cfg["gradient_accumulation_steps"] // world_size
+    if cfg["fsdp"] and dtype == "float16":
+        raise UserError("fsdp=True does not support dtype float16 (its gradient scaler); use --dtype=bfloat16")
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
     log(f"world size {world_size}, device {device}, dtype {dtype}; tokens per iteration {tokens_per_iter:,}")
     torch.manual_seed(cfg["seed"])  # the same initial weights on every process
@@ -215,13 +224,16 @@ def main(argv):
     if cfg["block_size"] > model.config.block_size:
         raise UserError(f"block_size={cfg['block_size']} is larger than the model's {model.config.block_size}")
     model.to(device)
+    fsdp = cfg["fsdp"] and world_size > 1
+    if fsdp:
+        shard_model(model, dtype)
     torch.manual_seed(cfg["seed"] + rank)  # dropout differs between processes
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
                                            (cfg["beta1"], cfg["beta2"]), device_type)
     iter_num, best_val_loss = 0, float("inf")
     if resumed:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(shard_optimizer_state(ckpt["optimizer"], optimizer) if fsdp else ckpt["optimizer"])
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss = ckpt.get("iter_num", 0), ckpt.get("best_val_loss", float("inf"))
@@ -236,7 +248,7 @@ def main(argv):
     model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
     maybe_compile(model, cfg["compile"], device, log)
     raw_model = model
-    if world_size > 1:
+    if world_size > 1 and not fsdp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     peak_flops = device_peak_flops(device)
 
@@ -250,12 +262,15 @@ def main(argv):
         states = [rng_state() for _ in range(world_size)]
         if world_size > 1:
             dist.all_gather_object(states, rng_state())
+        model_state, optim_state = raw_model.state_dict(), optimizer.state_dict()
+        if fsdp:  # gather the shards: the checkpoint loads anywhere, sharded or not
+            model_state, optim_state = gather_full(model_state), gather_full(optim_state)
         if not master:
             return
         os.makedirs(cfg["out_dir"], exist_ok=True)
         for path in paths:
             log(f"saving checkpoint to {path}")
-            save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint({"model": model_state, "optimizer": optim_state,
                              "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
                              "best_val_loss": best_val_loss, "config": cfg, "vocab": model_vocab,
                              "rng": states}, path)
@@ -279,7 +294,7 @@ def main(argv):
         paths = []
         if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
                                                                    or last_step or cfg["eval_only"]):
-            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx)
+            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size)
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             check_finite(losses, iter_num, ckpt_path)
             if cfg["wandb_log"] and master:
@@ -303,7 +318,9 @@ def main(argv):
         loss_sum = torch.zeros((), device=device)
         for m in range(accum):
             sync = m == accum - 1
-            with model.no_sync() if world_size > 1 and not sync else nullcontext():
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+            with model.no_sync() if world_size > 1 and not fsdp and not sync else nullcontext():
                 with ctx:
                     _, loss = model(x, y)
                     loss = loss / accum
