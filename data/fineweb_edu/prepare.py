@@ -20,6 +20,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 from contextlib import nullcontext
 
@@ -164,6 +165,20 @@ def write_shards(docs, progress, out_dir, max_shards, bar):
     return True
 
 
+def prepare_shards(args, progress, pool):
+    """Stream, encode and write the shards not yet in progress; True once the stream is used up."""
+    texts = open_documents(args)  # after the fork: the workers need none of the stream's threads
+    os.makedirs(args.out_dir, exist_ok=True)
+    save_progress(args.out_dir, progress)  # from now on, any shard here belongs to this prepare
+    save_meta(args.out_dir, GPT2_META)
+    if progress["shards"]:
+        print(f"continuing after shard {progress['shards'] - 1}: skipping the {progress['documents']:,} "
+              f"documents and {progress['skip_tokens']:,} tokens already written")
+    texts = itertools.islice(texts, progress["documents"], None)  # skipped documents are not encoded
+    with tqdm(desc="tokens", unit="tok", unit_scale=True, initial=progress["tokens"]) as bar:
+        return write_shards(tokenized(texts, pool, args.num_proc), progress, args.out_dir, args.max_shards, bar)
+
+
 def main():
     parser = argparse.ArgumentParser(description="Prepare FineWeb-Edu (or local documents) as GPT-2 BPE token shards.")
     parser.add_argument("--subset", default="sample-10BT", help="FineWeb-Edu config: sample-10BT, sample-100BT, "
@@ -189,18 +204,15 @@ def main():
         return
     import tiktoken
     tiktoken.get_encoding("gpt2")  # load it once, before forking the workers that inherit it
-    with multiprocessing.Pool(args.num_proc) if args.num_proc > 1 else nullcontext() as pool:
-        texts = open_documents(args)  # after the fork: the children need none of the stream's threads
-        os.makedirs(args.out_dir, exist_ok=True)
-        save_progress(args.out_dir, progress)  # from now on, any shard here belongs to this prepare
-        save_meta(args.out_dir, GPT2_META)
-        if progress["shards"]:
-            print(f"continuing after shard {progress['shards'] - 1}: skipping the {progress['documents']:,} "
-                  f"documents and {progress['skip_tokens']:,} tokens already written")
-        texts = itertools.islice(texts, progress["documents"], None)  # skipped documents are not encoded
-        with tqdm(desc="tokens", unit="tok", unit_scale=True, initial=progress["tokens"]) as bar:
-            docs = tokenized(texts, pool, args.num_proc)
-            finished = write_shards(docs, progress, args.out_dir, args.max_shards, bar)
+    workers = nullcontext()
+    if args.num_proc > 1:  # the workers ignore Ctrl-C: it is the main process's to handle
+        workers = multiprocessing.Pool(args.num_proc, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        with workers as pool:
+            finished = prepare_shards(args, progress, pool)
+    except KeyboardInterrupt:
+        raise PrepareError(f"interrupted with {progress['shards']} shards finished; run the same command "
+                           "again to continue after them") from None
     if finished:
         if progress["shards"] < 2:
             raise PrepareError(f"the documents hold only {progress['tokens']:,} tokens, not enough for a train "
