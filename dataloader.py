@@ -1,4 +1,5 @@
 """Reading training data: uint16 token files written by data/*/prepare.py, cut into (x, y) windows."""
+import glob
 import os
 
 import numpy as np
@@ -8,22 +9,36 @@ from configurator import UserError
 
 
 class Batches:
-    """(x, y) windows of a uint16 token file, y being x shifted by one token. The memmap is reopened
-    for every batch, so reading a large file never accumulates pages in this process's memory."""
+    """(x, y) windows of uint16 token files, y being x shifted by one token. paths is one file
+    (train.bin) or a split's shards in order, read as one stream: a window that crosses from one shard
+    into the next takes tokens from both. Only the file sizes are kept; the files are memory-mapped
+    afresh for every batch, so this process's memory stays flat however large or many they are."""
 
-    def __init__(self, path, batch_size, block_size, device):
-        self.path, self.batch_size, self.block_size, self.device = path, batch_size, block_size, device
-        self.n_tokens = len(np.memmap(path, dtype=np.uint16, mode="r"))
+    def __init__(self, paths, batch_size, block_size, device):
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.batch_size, self.block_size, self.device = batch_size, block_size, device
+        sizes = [os.path.getsize(p) for p in self.paths]
+        for path, size in zip(self.paths, sizes):
+            if size % 2:
+                raise UserError(f"{path} has an odd number of bytes, so it is not a uint16 token file; prepare it again")
+        self.bounds = np.cumsum([0] + [size // 2 for size in sizes])  # file i holds tokens bounds[i]:bounds[i+1]
+        self.n_tokens = int(self.bounds[-1])
         if self.n_tokens <= block_size:
-            raise UserError(f"{path} holds {self.n_tokens} tokens, too few for block_size={block_size}; "
+            where = self.paths[0] if len(self.paths) == 1 else f"the {len(self.paths)} files {self.paths[0]}, ..."
+            raise UserError(f"{where} holds {self.n_tokens} tokens, too few for block_size={block_size}; "
                             "use a smaller --block_size or more data")
 
     def random_starts(self, generator):
         return torch.randint(self.n_tokens - self.block_size, (self.batch_size,), generator=generator).numpy()
 
     def get(self, starts):
-        data = np.memmap(self.path, dtype=np.uint16, mode="r")
-        rows = torch.from_numpy(data[np.asarray(starts)[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        index = np.asarray(starts)[:, None] + np.arange(self.block_size + 1)  # stream positions of each row
+        file = np.searchsorted(self.bounds, index, side="right") - 1  # empty files are never chosen
+        tokens = np.empty(index.shape, dtype=np.int64)
+        for i in np.unique(file):
+            data, rows = np.memmap(self.paths[i], dtype=np.uint16, mode="r"), file == i
+            tokens[rows] = data[index[rows] - self.bounds[i]]
+        rows = torch.from_numpy(tokens)
         x, y = rows[:, :-1], rows[:, 1:]
         if self.device.startswith("cuda"):  # pinned memory lets the copy overlap the compute
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -54,10 +69,23 @@ class EpochOrder:
         return out
 
 
+def split_files(folder, dataset):
+    """{'train': paths, 'val': paths} of a prepared dataset folder: its train.bin and val.bin, or its
+    shards named *_train_*.bin and *_val_*.bin (as data/fineweb_edu/prepare.py writes), sorted by name."""
+    single = {s: os.path.join(folder, f"{s}.bin") for s in ("train", "val")}
+    shards = {s: sorted(glob.glob(os.path.join(glob.escape(folder), f"*_{s}_*.bin"))) for s in ("train", "val")}
+    has_single, has_shards = all(map(os.path.isfile, single.values())), all(shards.values())
+    if has_single and has_shards:
+        raise UserError(f"{folder} holds both train.bin/val.bin and *_train_*.bin/*_val_*.bin shards, so which "
+                        "to train on is unclear; move one set into its own dataset folder")
+    if has_single:
+        return {s: [path] for s, path in single.items()}
+    if has_shards:
+        return shards
+    raise UserError(f"dataset '{dataset}' not found: {folder} needs train.bin and val.bin, or shards named "
+                    f"*_train_*.bin and *_val_*.bin; run python data/{dataset}/prepare.py first (or set --data_dir)")
+
+
 def open_splits(folder, dataset, batch_size, block_size, device):
     """{'train': Batches, 'val': Batches} for a prepared dataset folder, or a clear error."""
-    for split in ("train", "val"):
-        if not os.path.isfile(os.path.join(folder, f"{split}.bin")):
-            raise UserError(f"dataset '{dataset}' not found: {folder}/{split}.bin is missing; "
-                            f"run python data/{dataset}/prepare.py first (or set --data_dir)")
-    return {s: Batches(os.path.join(folder, f"{s}.bin"), batch_size, block_size, device) for s in ("train", "val")}
+    return {s: Batches(paths, batch_size, block_size, device) for s, paths in split_files(folder, dataset).items()}

@@ -8,6 +8,7 @@ is val) and meta.json: {"vocab_size": N, "itos": [the N distinct characters, sor
 The data/<name>/prepare.py scripts reuse the functions here.
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -70,6 +71,23 @@ def split_point(n, val_fraction):
     if cut == 0 or cut == n:
         raise PrepareError(f"the text ({n} characters) is too short to split with val_fraction={val_fraction}")
     return cut
+
+
+# How datasets.load_dataset reads each kind of local document file: all but .txt need a "text" column.
+LOCAL_BUILDERS = {".txt": ("text", {"sample_by": "document"}), ".jsonl": ("json", {}), ".json": ("json", {}),
+                  ".parquet": ("parquet", {})}
+
+
+def local_files(pattern):
+    """(builder, its options, sorted file list) to load the documents in the files matching a glob."""
+    files = sorted(glob.glob(pattern, recursive=True))
+    if not files:
+        raise PrepareError(f"no files match --data_files={pattern}")
+    kinds = {os.path.splitext(f)[1].lower() for f in files}
+    if len(kinds) > 1 or not kinds <= set(LOCAL_BUILDERS):
+        raise PrepareError(f"--data_files must all be one of {', '.join(LOCAL_BUILDERS)}; got {', '.join(sorted(kinds))}")
+    builder, options = LOCAL_BUILDERS[kinds.pop()]
+    return builder, options, files
 
 
 def save_meta(out_dir, meta):

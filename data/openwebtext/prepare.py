@@ -11,7 +11,6 @@ folder), streaming tokens to disk so the corpus never has to fit in memory. The 
 needs tens of GB of disk for the Hugging Face cache; train.bin comes out at ~17 GB.
 """
 import argparse
-import glob
 import os
 import sys
 
@@ -20,10 +19,7 @@ from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # so the shared data/prepare_text.py imports
-from prepare_text import GPT2_META, PrepareError, run_main, save_meta  # noqa: E402
-
-BUILDERS = {".txt": ("text", {"sample_by": "document"}), ".jsonl": ("json", {}), ".json": ("json", {}),
-            ".parquet": ("parquet", {})}
+from prepare_text import GPT2_META, PrepareError, local_files, run_main, save_meta  # noqa: E402
 
 
 def load_documents(data_files, num_proc):
@@ -31,13 +27,7 @@ def load_documents(data_files, num_proc):
     import datasets
     if not data_files:
         return datasets.load_dataset("Skylion007/openwebtext", split="train", num_proc=num_proc)
-    files = sorted(glob.glob(data_files, recursive=True))
-    if not files:
-        raise PrepareError(f"no files match --data_files={data_files}")
-    kinds = {os.path.splitext(f)[1].lower() for f in files}
-    if len(kinds) > 1 or not kinds <= set(BUILDERS):
-        raise PrepareError(f"--data_files must all be one of {', '.join(BUILDERS)}; got {', '.join(sorted(kinds))}")
-    builder, options = BUILDERS[kinds.pop()]
+    builder, options, files = local_files(data_files)
     dataset = datasets.load_dataset(builder, data_files=files, split="train", **options)
     if "text" not in dataset.column_names:
         raise PrepareError(f"{data_files} has no 'text' column (columns: {', '.join(dataset.column_names)})")
