@@ -1,4 +1,4 @@
-"""Checkpoint and vocabulary I/O: writing ckpt.pt safely, reading ours and nanoGPT's.
+"""Checkpoint and vocabulary I/O: writing ckpt.pt safely, reading ours and nanoGPT's; the run's log.jsonl.
 
 A checkpoint is a dict with nanoGPT's keys -- model, optimizer, model_args, iter_num,
 best_val_loss, config -- plus our own (scaler, vocab). Everything is loaded with
@@ -6,6 +6,7 @@ torch.load(weights_only=True): a checkpoint can hold tensors and plain values, n
 """
 import glob
 import json
+import math
 import os
 import pickle
 import random
@@ -160,3 +161,27 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def append_jsonl(path, record):
+    """Add one JSON object as a line of path; inf/NaN become null so every line stays valid JSON."""
+    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def start_metrics_log(path, resume_iter=None):
+    """Empty log.jsonl for a new run. A resumed run keeps the records its checkpoint had seen: evals up
+    to resume_iter, steps before it (a crashed run's later records would be repeated)."""
+    keep = []
+    if resume_iter is not None and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by the crash
+                if r["iter"] < resume_iter or (r["iter"] == resume_iter and r["kind"] == "eval"):
+                    keep.append(line)
+    with open(path, "w") as f:
+        f.writelines(keep)

@@ -186,6 +186,19 @@ class GPT(nn.Module):
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T  # PaLM paper, appendix B
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
+    def estimate_memory(self, batch_size, block_size, dtype="float32"):
+        """Rough bytes of training memory per process: fp32 weights and gradients, AdamW's two fp32
+        moments, and the activations kept for backward over one micro-batch. Per block and token that
+        is ~16 values of width n_embd (Korthikanti et al. 2022, less the dropout masks and the attention
+        matrix, which fused attention never stores); under 16-bit autocast some of them stay fp32. The
+        fp32 log-probabilities come on top, one per token and vocabulary entry, and autocast's 16-bit
+        copies of the weights."""
+        n = sum(p.numel() for p in self.parameters())
+        half = dtype in ("bfloat16", "float16")
+        c, tokens = self.config, batch_size * block_size
+        activations = tokens * (c.n_layer * 16 * c.n_embd * (2.5 if half else 4) + c.vocab_size * 4) + half * 2 * n
+        return {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n, "activations": int(activations)}
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_limit=None, generator=None):
         """Append max_new_tokens sampled tokens to idx (B, T), re-running the whole context each step.

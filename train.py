@@ -17,11 +17,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (MODEL_ARGS, checkpoint_files, find_resume_checkpoint, load_checkpoint, load_vocab,
-                        model_from_checkpoint, prune_snapshots, rng_state, save_checkpoint, set_rng_state,
-                        snapshot_path)
+from checkpoint import (MODEL_ARGS, append_jsonl, checkpoint_files, find_resume_checkpoint, load_checkpoint,
+                        load_vocab, model_from_checkpoint, prune_snapshots, rng_state, save_checkpoint,
+                        set_rng_state, snapshot_path, start_metrics_log)
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits
+from eval import check_gpt2_vocab, evaluate_hellaswag, load_hellaswag
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
 from runtime import (autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
                      shard_model, shard_optimizer_state)
@@ -39,6 +40,9 @@ DEFAULTS = dict(
     keep_last=0,                   # keep only the newest this many periodic snapshots (0: all of them)
     keep_best=False,               # also write best.pt whenever the val loss improves
     init_from="scratch",           # 'scratch', 'resume' (from out_dir), 'gpt2'..'gpt2-xl', or a HF GPT-2 dir
+    hellaswag_interval=0,          # also score HellaSwag every this many steps (a multiple of eval_interval); 0: never
+    hellaswag_path="",             # a local HellaSwag jsonl; "" downloads the validation set into data_dir/hellaswag
+    hellaswag_limit=0,             # score only the first N HellaSwag items (0: all 10,042)
     # weights & biases
     wandb_log=False,               # log to wandb (imported only when this is on)
     wandb_project="owt",
@@ -149,6 +153,11 @@ def check_vocab(model_vocab, data_vocab, vocab_size, dataset):
                         "the model's tokenizer, or train a new model with --init_from=scratch")
 
 
+def peak_memory(device):
+    """Bytes of the largest CUDA allocation total since the last reset; None on other devices."""
+    return torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None
+
+
 def init_model(cfg, vocab, log):
     """(model, checkpoint or None) for cfg['init_from']."""
     init_from = cfg["init_from"]
@@ -251,6 +260,20 @@ def main(argv):
     if world_size > 1 and not fsdp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     peak_flops = device_peak_flops(device)
+    memory = raw_model.estimate_memory(cfg["batch_size"], cfg["block_size"], dtype)
+    log("memory estimate per process: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in memory.items())
+        + f" (activations of one {cfg['batch_size']}x{cfg['block_size']} micro-batch)")
+    hellaswag = None
+    if cfg["hellaswag_interval"]:
+        if cfg["hellaswag_interval"] < 0 or cfg["hellaswag_interval"] % cfg["eval_interval"]:
+            raise UserError(f"hellaswag_interval={cfg['hellaswag_interval']} must be a multiple of "
+                            f"eval_interval={cfg['eval_interval']} (HellaSwag runs at evaluations), or 0 for never")
+        check_gpt2_vocab(raw_model)
+        hellaswag = load_hellaswag(cfg["hellaswag_path"], cfg["data_dir"], cfg["hellaswag_limit"], rank)
+    metrics_path = os.path.join(cfg["out_dir"], "log.jsonl") if master and not cfg["eval_only"] else None
+    if metrics_path:  # one JSON object per log line and per evaluation, for plot.py
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        start_metrics_log(metrics_path, iter_num if resumed else None)
 
     if cfg["wandb_log"] and master:
         import wandb
@@ -297,8 +320,20 @@ def main(argv):
             losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size)
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             check_finite(losses, iter_num, ckpt_path)
+            record = {"kind": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                      "lr": lr, "tokens": iter_num * tokens_per_iter, "peak_mem": peak_memory(device)}
+            if hellaswag and (iter_num % cfg["hellaswag_interval"] == 0 or last_step):
+                hs = evaluate_hellaswag(raw_model, hellaswag, device, cfg["batch_size"], ctx, rank, world_size)
+                record.update(hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"])
+                log(f"step {iter_num}: hellaswag acc {hs['acc']:.4f}, acc_norm {hs['acc_norm']:.4f} ({hs['n']} items)")
+            if record["peak_mem"] is not None:  # CUDA: the peak of this evaluation interval
+                log(f"step {iter_num}: peak memory {record['peak_mem'] / 2**20:,.0f} MiB")
+                torch.cuda.reset_peak_memory_stats(device)
+            if metrics_path:
+                append_jsonl(metrics_path, record)
             if cfg["wandb_log"] and master:
-                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                           **{k: v for k, v in record.items() if k.startswith(("hellaswag", "peak")) and v is not None}})
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             if improved or cfg["always_save_checkpoint"] or (last_step and not have_ckpt):
@@ -327,9 +362,9 @@ def main(argv):
                 x, y = train_batch(iter_num + (m + 1) // accum, (m + 1) % accum)  # fetch ahead while the GPU works
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
-        if cfg["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
+        scaler.unscale_(optimizer)  # the true gradients, for the norm (a no-op without fp16's scaler)
+        # the norm is logged; with grad_clip 0, "clipping" to inf only measures it
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or math.inf)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -348,8 +383,14 @@ def main(argv):
             mfu_text = "n/a" if mfu is None else f"{mfu * 100:.2f}%"
             tok_s = tokens_per_iter / dt
             log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}")
+            if metrics_path:
+                append_jsonl(metrics_path, {"kind": "train", "iter": iter_num, "loss": lossf, "lr": lr,
+                                            "tokens": (iter_num + 1) * tokens_per_iter, "time_ms": dt * 1000,
+                                            "tok_per_s": tok_s, "mfu": mfu, "grad_norm": grad_norm.item(),
+                                            "peak_mem": peak_memory(device)})
             if cfg["wandb_log"] and master and logs_done > 1:
-                wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s})
+                wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
+                           "grad_norm": grad_norm.item()})
 
     if world_size > 1:
         dist.destroy_process_group()

@@ -1,0 +1,318 @@
+"""Evaluate a GPT: HellaSwag accuracy, the perplexity of a text file, or export to Hugging Face.
+
+    python eval.py --task=hellaswag --init_from=gpt2               # downloads HellaSwag's validation file
+    python eval.py --task=hellaswag --out_dir=out --limit=1000     # our checkpoint, first 1000 items
+    torchrun --standalone --nproc_per_node=8 eval.py --task=hellaswag --init_from=gpt2-xl
+    python eval.py --task=perplexity --data_path=book.txt --stride=512
+    python eval.py --task=export_hf --out_dir=out                  # writes out/hf for transformers
+
+The model comes from --init_from: 'resume' (ckpt.pt in out_dir), 'gpt2'..'gpt2-xl', or a local
+Hugging Face GPT-2 directory. train.py imports load_hellaswag and evaluate_hellaswag from here.
+"""
+import json
+import math
+import os
+import sys
+import urllib.request
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from configurator import UserError, load_config, run_main
+from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed
+from sample import load_model_and_tokenizer
+
+DEFAULTS = dict(
+    task="hellaswag",      # 'hellaswag', 'perplexity' or 'export_hf'
+    init_from="resume",    # 'resume' (ckpt.pt in out_dir), 'gpt2'..'gpt2-xl', or a HF GPT-2 directory
+    out_dir="out",         # where ckpt.pt is, for init_from='resume'
+    data_dir="data",       # HellaSwag is cached in data_dir/hellaswag; a checkpoint's vocabulary may live here
+    data_path="",          # hellaswag: a local jsonl instead of the download; perplexity: the text file
+    limit=0,               # hellaswag: score only the first N items (0: all)
+    batch_size=8,          # items per forward pass (hellaswag, 4 sequences each) or windows (perplexity)
+    block_size=0,          # perplexity: window length in tokens (0: the model's block_size)
+    stride=0,              # perplexity: tokens the window advances (0: block_size); smaller = more context, slower
+    export_dir="",         # export_hf: the folder to write (default: out_dir/hf)
+    backend="auto",        # distributed backend under torchrun: 'nccl' on CUDA, 'gloo' on CPU when 'auto'
+    device="auto",         # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+    dtype="auto",          # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
+    compile=False,         # torch.compile the model (pays off only on long evaluations)
+)
+TASKS = ("hellaswag", "perplexity", "export_hf")
+
+HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+GPT2_VOCAB = 50257
+
+
+# ----------------------------------------------------------------------------- HellaSwag
+
+def hellaswag_file(data_path, data_dir, url=HELLASWAG_URL):
+    """data_path if given, else the validation file cached under data_dir/hellaswag (downloaded once)."""
+    if data_path:
+        if not os.path.isfile(data_path):
+            raise UserError(f"HellaSwag file '{data_path}' (from --data_path) not found")
+        return data_path
+    path = os.path.join(data_dir, "hellaswag", os.path.basename(url))
+    if not os.path.exists(path):
+        print(f"downloading {url} -> {path}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            urllib.request.urlretrieve(url, path + ".tmp")
+        except OSError as e:  # includes URLError: offline, blocked, server down
+            raise UserError(f"could not download HellaSwag from {url} ({e}); "
+                            "pass --data_path=FILE with a local copy of hellaswag_val.jsonl") from None
+        os.replace(path + ".tmp", path)  # never leave a half-written file where the cache is looked up
+    return path
+
+
+def read_hellaswag(path, limit=0):
+    """Items {'ctx', 'endings', 'label'} from HellaSwag's jsonl format (ctx, or ctx_a + ctx_b)."""
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ctx = row["ctx"] if "ctx" in row else row["ctx_a"] + " " + row["ctx_b"]
+                endings, label = row["endings"], row["label"]
+                ok = (isinstance(ctx, str) and isinstance(endings, list) and len(endings) >= 2
+                      and all(isinstance(e, str) for e in endings) and isinstance(label, int)
+                      and 0 <= label < len(endings))
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise UserError(f"{path} line {line_no} is not a labelled HellaSwag item: it needs 'ctx' (text), "
+                                "'endings' (a list of texts) and 'label' (the index of the right ending)")
+            items.append({"ctx": ctx, "endings": endings, "label": label})
+            if limit and len(items) == limit:
+                break
+    if not items:
+        raise UserError(f"{path} holds no HellaSwag items")
+    return items
+
+
+def load_hellaswag(data_path="", data_dir="data", limit=0, rank=0):
+    """The items to score. Under torchrun rank 0 downloads while the others wait for it."""
+    if rank == 0:
+        path = hellaswag_file(data_path, data_dir)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        path = hellaswag_file(data_path, data_dir)
+    return read_hellaswag(path, limit)
+
+
+def check_gpt2_vocab(model):
+    if model.config.vocab_size < GPT2_VOCAB:
+        raise UserError(f"HellaSwag needs a model with GPT-2's BPE vocabulary; this one has vocab_size "
+                        f"{model.config.vocab_size} (a character-level model?)")
+
+
+def item_sequences(enc, item, block_size):
+    """One (tokens, n_scored) per ending: context tokens then the ending's, where the last n_scored
+    tokens are the ending's. Too long a sequence loses tokens from the front of its context."""
+    ctx = enc.encode_ordinary(item["ctx"])
+    out = []
+    for ending in item["endings"]:
+        end = enc.encode_ordinary(" " + ending)  # the ending continues the context after a space
+        tokens = (ctx + end)[-(block_size + 1):]  # the model reads all but the last token
+        out.append((tokens, min(len(end), len(tokens) - 1)))
+    return out
+
+
+@torch.no_grad()
+def summed_losses(model, sequences, device, ctx=nullcontext()):
+    """For each (tokens, n_scored): the summed cross-entropy of its last n_scored tokens, each
+    predicted from everything before it. Sequences are right-padded into one batch; the causal
+    mask keeps padding from reaching any scored position."""
+    T = max(len(tokens) for tokens, _ in sequences) - 1
+    x = torch.zeros(len(sequences), T, dtype=torch.long)
+    y = torch.full((len(sequences), T), -1, dtype=torch.long)
+    for i, (tokens, n) in enumerate(sequences):
+        t = torch.tensor(tokens)
+        x[i, :len(t) - 1] = t[:-1]
+        y[i, len(t) - 1 - n:len(t) - 1] = t[len(t) - n:]
+    x, y = x.to(device), y.to(device)
+    with ctx:
+        logits, _ = model(x, y)
+    losses = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
+                             reduction="none")  # 0 at ignored positions
+    return losses.view(len(sequences), T).sum(1).cpu()
+
+
+def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), rank=0, world_size=1,
+                       progress=False):
+    """Completion-style HellaSwag: each ending is scored by the loss of its tokens given the context.
+    acc counts items whose lowest summed loss is the labelled ending, acc_norm lowest mean loss per
+    token. Rank r scores items r, r + world_size, ...; n, acc and acc_norm are totals over all ranks,
+    'losses' maps this rank's item indices to their per-ending summed losses and token counts."""
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    check_gpt2_vocab(model)
+    was_training = model.training
+    model.eval()
+    mine = list(range(rank, len(items), world_size))
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # items, right by sum, right by mean
+    losses = {}
+    for start in tqdm(range(0, len(mine), batch_size), desc="hellaswag", disable=not progress):
+        batch = mine[start:start + batch_size]
+        sequences = [s for i in batch for s in item_sequences(enc, items[i], model.config.block_size)]
+        sums = summed_losses(model, sequences, device, ctx)
+        k = 0
+        for i in batch:
+            m = len(items[i]["endings"])
+            s, n = sums[k:k + m], torch.tensor([n for _, n in sequences[k:k + m]], dtype=torch.float32)
+            k += m
+            losses[i] = (s.tolist(), n.int().tolist())
+            counts[0] += 1
+            counts[1] += int(s.argmin()) == items[i]["label"]
+            counts[2] += int((s / n).argmin()) == items[i]["label"]
+    if world_size > 1:
+        dist.all_reduce(counts)
+    model.train(was_training)
+    n, right, right_norm = counts.tolist()
+    return {"n": int(n), "acc": right / n, "acc_norm": right_norm / n, "losses": losses}
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+def sliding_windows(n_tokens, window, stride):
+    """(begin, end, n_new) per window: the model reads tokens[begin:end], predicting tokens[begin+1:end+1],
+    and only the last n_new predictions count, those no earlier window made. Every token but the
+    first is predicted exactly once, with at least window - stride tokens of context after the first window."""
+    if not 1 <= stride <= window:
+        raise UserError(f"stride must be between 1 and the window length {window}, got {stride}")
+    out, done, begin = [], 0, 0  # done: tokens[1..done] are predicted already
+    while done < n_tokens - 1:
+        end = min(begin + window, n_tokens - 1)
+        out.append((begin, end, end - done))
+        done, begin = end, begin + stride
+    return out
+
+
+@torch.no_grad()
+def evaluate_perplexity(model, ids, n_bytes, device, window, stride, batch_size=8, ctx=nullcontext(),
+                        rank=0, world_size=1, progress=False):
+    """Loss (nats per token), perplexity and bits per byte of the token sequence ids, whose predicted
+    tokens (all but the first) decode to n_bytes bytes of text. Windows are shared among ranks."""
+    if len(ids) < 2:
+        raise UserError("the text is too short: it needs at least two tokens")
+    was_training = model.training
+    model.eval()
+    windows = sliding_windows(len(ids), window, stride)[rank::world_size]
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed nats, tokens
+    for start in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress):
+        sequences = [(ids[b:e + 1], n) for b, e, n in windows[start:start + batch_size]]
+        totals[0] += summed_losses(model, sequences, device, ctx).double().sum().item()
+        totals[1] += sum(n for _, n in sequences)
+    if world_size > 1:
+        dist.all_reduce(totals)
+    model.train(was_training)
+    nats, tokens = totals.tolist()
+    loss = nats / tokens
+    return {"tokens": int(tokens), "bytes": n_bytes, "loss": loss, "perplexity": math.exp(loss),
+            "bits_per_byte": nats / math.log(2) / n_bytes}
+
+
+def token_bytes(tok, token_id):
+    """Length in UTF-8 bytes of one token's text."""
+    if tok.itos is not None:
+        return len(tok.itos[token_id].encode("utf-8"))
+    return len(tok.bpe.decode_single_token_bytes(token_id))
+
+
+# ----------------------------------------------------------------------------- export
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_state_dict(model):
+    """Our weights under Hugging Face GPT-2's names and layout: Conv1D matrices are (in, out), the
+    transpose of nn.Linear's; a model built with bias=False gets zero biases, which GPT-2 always has.
+    lm_head is left out: transformers ties it to wte, as we do."""
+    state = {k: (v.t() if k.endswith(CONV1D) else v).detach().cpu().contiguous().clone()
+             for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module is not model.lm_head and module.bias is None:
+            state[f"{name}.bias"] = torch.zeros(module.weight.shape[0], dtype=module.weight.dtype)
+    return state
+
+
+def hf_config(model):
+    """config.json for transformers' GPT2LMHeadModel with our model's shape."""
+    c = model.config
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+              "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+              "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+              "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
+              "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True,
+              "use_cache": True}
+    if c.vocab_size >= GPT2_VOCAB:  # GPT-2's <|endoftext|>; a char-level vocabulary has none
+        config.update(bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1)
+    return config
+
+
+def export_hf(model, folder):
+    """Write model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors) into folder."""
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hf_config(model), f, indent=2)
+    save_file(hf_state_dict(model), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv):
+    cfg = load_config(DEFAULTS, argv)
+    if cfg["task"] not in TASKS:
+        raise UserError(f"unknown task '{cfg['task']}': use {', '.join(TASKS)}")
+    if cfg["batch_size"] < 1 or cfg["limit"] < 0 or cfg["block_size"] < 0 or cfg["stride"] < 0:
+        raise UserError("batch_size must be >= 1, and limit, block_size and stride >= 0")
+    if cfg["task"] == "perplexity" and not cfg["data_path"]:
+        raise UserError("task perplexity needs the text to score: pass --data_path=FILE")
+    model, tok = load_model_and_tokenizer(cfg)
+    if cfg["task"] == "export_hf":
+        folder = cfg["export_dir"] or os.path.join(cfg["out_dir"], "hf")
+        export_hf(model, folder)
+        print(f"wrote {folder}: load it with transformers.GPT2LMHeadModel.from_pretrained('{folder}')")
+        if tok.itos is not None:
+            print("note: this model uses a character vocabulary, not GPT-2's tokenizer")
+        return
+
+    device = resolve_device(cfg["device"])
+    rank, _, world_size, device = setup_distributed(cfg["backend"], device)
+    ctx = autocast(device, resolve_dtype(cfg["dtype"], device))
+    model.to(device)
+    maybe_compile(model, cfg["compile"], device)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    if cfg["task"] == "hellaswag":
+        check_gpt2_vocab(model)
+        items = load_hellaswag(cfg["data_path"], cfg["data_dir"], cfg["limit"], rank)
+        r = evaluate_hellaswag(model, items, device, cfg["batch_size"], ctx, rank, world_size, progress=rank == 0)
+        log(f"hellaswag: {r['n']} items, acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f}")
+    else:
+        if not os.path.isfile(cfg["data_path"]):
+            raise UserError(f"text file '{cfg['data_path']}' (from --data_path) not found")
+        with open(cfg["data_path"], encoding="utf-8", newline="") as f:  # keep the bytes as written
+            text = f.read()
+        ids = tok.encode(text)
+        window = cfg["block_size"] or model.config.block_size
+        if window > model.config.block_size:
+            raise UserError(f"block_size={window} is longer than the model's {model.config.block_size}")
+        n_bytes = len(text.encode("utf-8")) - (token_bytes(tok, ids[0]) if ids else 0)
+        r = evaluate_perplexity(model, ids, n_bytes, device, window, cfg["stride"] or window, cfg["batch_size"],
+                                ctx, rank, world_size, progress=rank == 0)
+        log(f"perplexity: {r['tokens']} tokens ({r['bytes']} bytes), loss {r['loss']:.4f}, "
+            f"perplexity {r['perplexity']:.4f}, bits per byte {r['bits_per_byte']:.4f}")
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

@@ -1,0 +1,131 @@
+"""Plot training runs from the log.jsonl that train.py writes into out_dir.
+
+    python plot.py --out_dir=out-shakespeare-char-cpu            # writes out-shakespeare-char-cpu/loss.png
+    python plot.py --out_dir=run_a --out_dir=run_b --output=compare.png   # several runs overlaid
+
+Top: train and val loss against steps. Below: the same against tokens seen, the learning rate,
+and HellaSwag accuracy when the runs measured it. Needs matplotlib: pip install matplotlib.
+"""
+import json
+import os
+import sys
+
+from configurator import UserError, load_config, run_main
+
+DEFAULTS = dict(
+    out_dir="out",   # a run's folder holding log.jsonl; repeat --out_dir=... to overlay several runs
+    output="",       # the picture to write (default: loss.png in the first out_dir)
+    smooth=10,       # the train-loss line averages this many logged steps (1: raw values only)
+    title="",        # a title over the picture
+)
+
+
+def read_log(out_dir):
+    """(train records, eval records) of a run's log.jsonl, in order."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"no log.jsonl in '{out_dir}': train.py writes it there while training (--out_dir)")
+    train, evals = [], []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            (evals if record.get("kind") == "eval" else train).append(record)
+    if not train and not evals:
+        raise UserError(f"{path} holds no records yet")
+    return train, evals
+
+
+def moving_average(values, window):
+    """Each value averaged with its neighbours, window values in all (fewer at the ends): centred, so
+    the smoothed line does not lag behind a falling loss."""
+    half = window // 2
+    return [sum(values[max(0, i - half):i + half + 1]) / len(values[max(0, i - half):i + half + 1])
+            for i in range(len(values))]
+
+
+def series(records, x_key, y_key):
+    pairs = [(r[x_key], r[y_key]) for r in records if r.get(x_key) is not None and r.get(y_key) is not None]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
+def plot_runs(runs, output, smooth=10, title=""):
+    """runs: {label: (train records, eval records)}. Writes the picture to output."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plot.py needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    has_hellaswag = any(r.get("hellaswag_acc") is not None for _, evals in runs.values() for r in evals)
+    fig = plt.figure(figsize=(12, 8), layout="constrained")
+    grid = fig.add_gridspec(2, 3 if has_hellaswag else 2, height_ratios=[3, 2])
+    ax_iter = fig.add_subplot(grid[0, :])
+    ax_tok, ax_lr = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    ax_hs = fig.add_subplot(grid[1, 2]) if has_hellaswag else None
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lows, highs = [], []
+    for n, (label, (train, evals)) in enumerate(runs.items()):
+        color = colors[n % len(colors)]
+        prefix = f"{label}: " if len(runs) > 1 else ""
+        for ax, x_key in ((ax_iter, "iter"), (ax_tok, "tokens")):
+            xs, ys = series(train, x_key, "loss")
+            if xs:
+                if smooth > 1:
+                    ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.8)
+                ax.plot(xs, moving_average(ys, max(1, smooth)), color=color, linewidth=1.5, label=f"{prefix}train")
+                lows.append(min(ys))
+                highs.append(ys[len(ys) // 20])  # past the first steps' steep drop
+            xs, ys = series(evals, x_key, "val_loss")
+            if xs:
+                ax.plot(xs, ys, color=color, linestyle="--", marker="o", markersize=4, label=f"{prefix}val")
+                lows.append(min(ys))
+                highs.append(ys[min(1, len(ys) - 1)])
+        xs, ys = series(train or evals, "iter", "lr")
+        ax_lr.plot(xs, ys, color=color, label=label)
+        if ax_hs:
+            for key, style in (("hellaswag_acc", "-"), ("hellaswag_acc_norm", ":")):
+                xs, ys = series(evals, "iter", key)
+                if xs:
+                    ax_hs.plot(xs, ys, color=color, linestyle=style, marker="o", markersize=4,
+                               label=f"{prefix}{key.removeprefix('hellaswag_')}")
+    if lows:  # frame the interesting part; the first steps' loss can be several times higher
+        low, high = min(lows), max(highs)
+        margin = 0.05 * (high - low or 1.0)
+        for ax in (ax_iter, ax_tok):
+            ax.set_ylim(low - margin, high + margin)
+    ax_iter.set(xlabel="step", ylabel="loss", title=title or None)
+    ax_tok.set(xlabel="tokens seen", ylabel="loss")
+    ax_tok.xaxis.set_major_formatter(EngFormatter())  # 50k, 1M, ...
+    ax_lr.set(xlabel="step", ylabel="learning rate")
+    axes = [ax_iter, ax_tok, ax_lr] + ([ax_hs] if ax_hs else [])
+    if ax_hs:
+        ax_hs.set(xlabel="step", ylabel="HellaSwag accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    for ax in (ax_iter, ax_hs):  # the other panels use the same colours
+        if ax:
+            ax.legend(fontsize=8)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+def main(argv):
+    # --out_dir may be given several times; the configurator keeps one value per key, so gather them first
+    dirs = [a.partition("=")[2] for a in argv if a.startswith("--out_dir=")]
+    cfg = load_config(DEFAULTS, [a for a in argv if not a.startswith("--out_dir=")])
+    dirs = dirs or [cfg["out_dir"]]
+    names = [os.path.basename(os.path.normpath(d)) for d in dirs]
+    labels = names if len(set(names)) == len(names) else dirs  # short names where they tell runs apart
+    runs = {label: read_log(d) for label, d in zip(labels, dirs)}
+    output = cfg["output"] or os.path.join(dirs[0], "loss.png")
+    plot_runs(runs, output, cfg["smooth"], cfg["title"])
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))
