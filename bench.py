@@ -1,11 +1,16 @@
-"""Measure training speed: forward, backward and optimizer step on a fixed model and batch.
+"""Measure training speed (forward, backward and optimizer step on a fixed model and batch), or
+generation speed with --mode=generate (KV cache against the full-recompute reference).
 
     python bench.py                                    # GPT-2 124M, 12 x 1024 tokens, OpenWebText
     python bench.py --real_data=False --device=cpu --n_layer=4 --n_embd=128 --block_size=64 --compile=False
     python bench.py --profile=True                     # also write a torch profiler trace
+    python bench.py --mode=generate --device=cpu --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024
 
 Runs `burnin` untimed steps (compilation, allocator warm-up), then times `steps` steps with the
-device synchronised before each clock read, and prints ms/iter, tokens/s and MFU.
+device synchronised before each clock read, and prints ms/iter, tokens/s and MFU. Generate mode
+(random weights, greedy) alternates cached and reference runs `steps` times, so that other load on
+the machine hits both alike, checks that they return identical tokens, and prints ms/token and the
+speedup; --profile=True adds a profiler table of the cached run.
 """
 import os
 import sys
@@ -19,6 +24,7 @@ from model import GPT, GPTConfig, device_peak_flops
 from runtime import autocast, maybe_compile, resolve_device, resolve_dtype
 
 DEFAULTS = dict(
+    mode="train",           # 'train': time training steps; 'generate': time generation, cached vs reference
     batch_size=12,          # sequences per step
     block_size=1024,        # tokens per sequence
     n_layer=12,             # model shape: GPT-2 124M by default
@@ -36,6 +42,10 @@ DEFAULTS = dict(
     dtype="auto",           # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
     compile=True,           # torch.compile the model
     profile=False,          # record a torch profiler trace of a few steps into ./bench_log
+    prompt_tokens=16,       # generate mode: prompt length
+    new_tokens=512,         # generate mode: tokens generated per run
+    num_samples=1,          # generate mode: sequences generated together (batch)
+    reference=True,         # generate mode: also time use_cache=False (the full recompute) and compare
 )
 
 
@@ -46,12 +56,68 @@ def sync(device):
         torch.mps.synchronize()
 
 
+def bench_generate(cfg, device):
+    """Time generate() with the KV cache and, alternately, without; check both give the same ids."""
+    from engine import compile_step, stream
+    if cfg["prompt_tokens"] < 1 or cfg["new_tokens"] < 1 or cfg["num_samples"] < 1:
+        raise UserError("prompt_tokens, new_tokens and num_samples must be >= 1 in generate mode")
+    torch.manual_seed(cfg["seed"])
+    model = GPT(GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                          n_embd=cfg["n_embd"], bias=cfg["bias"], vocab_size=50304)).to(device).eval()
+    idx = torch.randint(50257, (cfg["num_samples"], cfg["prompt_tokens"]), device=device)
+    step_fn = compile_step(model, device) if cfg["compile"] else None
+    n = cfg["new_tokens"]
+    print(f"{model.get_num_params() / 1e6:.1f}M parameters, {device}, {torch.get_num_threads()} threads, "
+          f"prompt {cfg['prompt_tokens']}, {n} new tokens, batch {cfg['num_samples']}, greedy")
+
+    def timed(use_cache):
+        sync(device)
+        t0 = time.time()
+        out = torch.cat([idx] + list(stream(model, idx, n, temperature=0, use_cache=use_cache,
+                                            step_fn=step_fn if use_cache else None)), dim=1)
+        sync(device)
+        return out, time.time() - t0
+
+    timed(True)  # warm-up: allocator, kernels (and compilation)
+    fast_times, ref_times = [], []
+    for _ in range(cfg["steps"]):
+        fast, dt = timed(True)
+        fast_times.append(dt)
+        print(f"cached run: {dt:.2f} s", flush=True)
+        if cfg["reference"]:
+            ref, dt = timed(False)
+            ref_times.append(dt)
+            print(f"reference run: {dt:.2f} s", flush=True)
+            if not torch.equal(fast, ref):
+                raise SystemExit("cached and reference generation returned different tokens")
+    tokens = n * cfg["num_samples"]
+    for name, times in (("cached", fast_times), ("reference", ref_times)):
+        if times:
+            dt = sum(times) / len(times)
+            print(f"{name}: {dt:.2f} s, {dt / n * 1000:.2f} ms/token, {tokens / dt:,.1f} tokens/s "
+                  f"(runs: {', '.join(f'{t:.2f}' for t in times)} s)")
+    if ref_times:
+        ratios = [r / f for f, r in zip(fast_times, ref_times)]
+        print(f"speedup {sum(ref_times) / sum(fast_times):.1f}x (per pair: {', '.join(f'{r:.1f}' for r in ratios)}); "
+              "identical tokens: True")
+    if cfg["profile"]:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            timed(True)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main(argv):
     cfg = load_config(DEFAULTS, argv)
+    if cfg["mode"] not in ("train", "generate"):
+        raise UserError(f"unknown mode '{cfg['mode']}': use train or generate")
     if cfg["steps"] < 1 or cfg["burnin"] < 0:
         raise UserError("steps must be >= 1 and burnin >= 0")
     device = resolve_device(cfg["device"])
     dtype = resolve_dtype(cfg["dtype"], device)
+    if cfg["mode"] == "generate":
+        with autocast(device, dtype):
+            return bench_generate(cfg, device)
     torch.manual_seed(cfg["seed"])
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

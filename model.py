@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -36,13 +37,15 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.use_sdpa = True  # False selects the plain masked-softmax path, kept as a test oracle
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
-        if self.use_sdpa:
+        if kv_cache is not None:  # generation: x continues the cached positions (see engine.py)
+            y = self._attend_cached(q, *kv_cache.store(self.layer_idx, k, v))
+        elif self.use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
@@ -51,6 +54,19 @@ class CausalSelfAttention(nn.Module):
             y = F.dropout(att, p) @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_cached(self, q, k, v):
+        """T queries at the last T of the S cached positions. is_causal=True would align the mask
+        top-left (query 0 sees key 0 only), so the mask is explicit: query i sees keys 0..S-T+i.
+        The product runs as plain matmuls (SDPA's math backend): each query row's numbers then do not
+        depend on how many rows are computed at once, which keeps the cache exact (engine.py)."""
+        T, S = q.size(2), k.size(2)
+        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        if self.use_sdpa:
+            with sdpa_kernel([SDPBackend.MATH]):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+        return F.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1) @ v
 
 
 class MLP(nn.Module):
@@ -74,8 +90,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -93,6 +109,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied input and output embeddings
         self.apply(self._init_weights)
+        for i, block in enumerate(self.transformer.h):
+            block.attn.layer_idx = i  # which of a KV cache's per-layer buffers it reads and writes
 
     def _init_weights(self, module):
         if module is self.lm_head:
@@ -112,19 +130,25 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None):
         """Logits for every position with targets (and the mean cross-entropy), else for the last only."""
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
+        x = self.hidden_states(idx)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # inference needs only the next token's logits
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def hidden_states(self, idx, kv_cache=None):
+        """The final layer norm's output (B, T, n_embd). With a KV cache (engine.py), idx holds the
+        tokens at positions kv_cache.pos.. and attends to everything cached before them."""
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.pos
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        return self.transformer.ln_f(x)
 
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to finetune GPT-2 (1024) with shorter sequences."""
@@ -199,26 +223,14 @@ class GPT(nn.Module):
         activations = tokens * (c.n_layer * 16 * c.n_embd * (2.5 if half else 4) + c.vocab_size * 4) + half * 2 * n
         return {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n, "activations": int(activations)}
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, vocab_limit=None, generator=None):
-        """Append max_new_tokens sampled tokens to idx (B, T), re-running the whole context each step.
-        temperature 0 picks the most likely token; vocab_limit keeps ids below the tokenizer's size."""
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :].float()
-            if vocab_limit is not None:
-                logits[:, vocab_limit:] = float("-inf")
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits[logits < kth] = float("-inf")
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat((idx, next_id), dim=1)
-        return idx
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_limit=None,
+                 generator=None, use_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy; top_k/top_p
+        trim the distribution; vocab_limit keeps ids below the tokenizer's size. use_cache=False
+        re-runs the whole context every step: the reference the KV cache matches token for token."""
+        from engine import generate
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        vocab_limit=vocab_limit, generator=generator, use_cache=use_cache)
 
 
 # Peak dense bf16 tensor-core FLOP/s by GPU name (datasheet figures, no sparsity).

@@ -287,9 +287,10 @@ def test_generate_with_generator_is_reproducible():
 def test_vocab_limit_keeps_ids_below_limit():
     model = tiny_model().eval()
     limit = 100
-    favour_padding = torch.zeros(VOCAB)
-    favour_padding[limit:] = 20.0  # the padded ids dominate the distribution
-    model.lm_head.register_forward_hook(lambda mod, inp, out: out + favour_padding)
+    with torch.no_grad():  # every final hidden state becomes all-ones, so a token's logit is its row sum
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight[limit:] = 20.0 / model.config.n_embd  # the padded ids dominate (logit 20)
     idx, _ = random_batch(B=4, T=3)
     g = torch.Generator().manual_seed(0)
     unlimited = model.generate(idx, 10, temperature=1.0, generator=g)

@@ -1,0 +1,135 @@
+"""Fast generation with a KV cache that returns exactly the tokens of the full-recompute reference.
+
+    out = generate(model, idx, 200, temperature=0.8, top_k=200, generator=g)                  # cached
+    ref = generate(model, idx, 200, temperature=0.8, top_k=200, generator=g2, use_cache=False)  # same tokens
+
+The reference re-runs the whole (cropped) context from position 0 for every new token. The cached
+path runs the prompt once (prefill) and then only the newest positions (decode), reading the keys
+and values of earlier positions from preallocated per-layer buffers. Both turn the last position
+into logits with the same product and sample with the same helper, so same logits -> same tokens.
+
+Why the logits are *bitwise* the same, not just close:
+- A linear layer's output row should not depend on how many rows are multiplied at once, but in
+  float32 it can: MKL's GEMM gives every row the same bits only when enough rows go in together (a
+  1-row product is a GEMV with another summation order; on our 2-core CPU >= 12 rows are safe).
+  So a decode step re-runs the last MIN_ROWS positions (not just the newest): the step and the
+  reference then both multiply >= MIN_ROWS rows per sequence, in the linear layers and in each
+  head's attention matmuls; while the whole context is not longer than that, the cached path simply
+  runs the same full forward as the reference. The rows it recomputes are the
+  ones already cached, and they come out identical.
+- Attention with a cache uses plain matmuls with an explicit mask (model.py, _attend_cached) in both
+  paths: SDPA's fused CPU kernel tiles the queries by sequence length, so the last query's numbers
+  would depend on the prompt length.
+- Past block_size, learned positions shift by one every token, so every cached key is stale: both
+  paths run the full forward over the last block_size tokens (correct first; it cannot be cheaper
+  without changing what is computed).
+- The tied lm_head is read through a contiguous transposed copy built once per call: `x @ W_t`
+  streams the 50304 x n_embd table about twice as fast as F.linear(x, W) on one row, but rounds
+  differently, so the reference uses the same copy.
+tests/test_generate.py checks the logits of every step bit for bit, greedy and sampled, batched,
+across block_size, with and without SDPA.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+MIN_ROWS = 16  # positions per decode step: enough rows that MKL's per-row results no longer depend on the count
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, vocab_limit=None):
+    """Next ids (B, 1) from logits (B, V). temperature 0 is greedy (argmax). top_k keeps the k most
+    likely ids; top_p keeps the smallest set of most likely ids whose probability reaches top_p
+    (always at least one); vocab_limit bans ids >= it (a padded vocabulary). Draws only from generator."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float().clone()
+    if vocab_limit is not None:
+        logits[:, vocab_limit:] = float("-inf")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits[logits < kth] = float("-inf")
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability of the ids ranked above each one
+        sorted_logits[before >= top_p] = float("-inf")  # the top id has 0 before it: always kept
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
+class KVCache:
+    """Keys and values of every layer for positions 0..pos-1, in buffers allocated once at the
+    model's full context: (n_layer, B, n_head, block_size, head_size) each."""
+
+    def __init__(self, config, batch_size):
+        self.shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.k = self.v = None  # allocated at the first store, in the dtype the layers produce (autocast)
+        self.pos = 0  # position of the first token of the forward pass in progress; set by the caller
+
+    def store(self, layer, k, v):
+        """Write this pass's keys/values (B, n_head, T, hs) at pos..pos+T-1 and return views of all
+        positions 0..pos+T-1."""
+        if self.k is None:
+            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def compile_step(model, device, log=print):
+    """On CUDA, a torch.compile'd hidden_states for the decode steps, else None. Compiled kernels
+    fuse and round differently, so exact equality with the (eager) reference holds only without it."""
+    from runtime import compile_problem
+    if torch.device(device).type != "cuda":
+        return None  # on CPU the eager step is already memory-bound; compiling only costs start-up time
+    problem = compile_problem(str(device))
+    if problem:
+        log(f"note: decoding without torch.compile: {problem}")
+        return None
+    try:
+        return torch.compile(model.hidden_states, dynamic=True)
+    except Exception as e:  # an old or broken inductor: fall back to eager, say so once
+        log(f"note: decoding without torch.compile ({type(e).__name__}: {e})")
+        return None
+
+
+@torch.no_grad()
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_limit=None,
+           generator=None, use_cache=True, step_fn=None):
+    """Yield the next ids (B, 1) one step at a time; `generate` collects them. step_fn replaces
+    model.hidden_states for decode steps (see compile_step)."""
+    if max_new_tokens <= 0:
+        return
+    config = model.config
+    B = idx.size(0)
+    head = model.lm_head.weight.t().contiguous()  # fresh each call: follows any change to the weights
+    cache = KVCache(config, B)
+    rows, cached = MIN_ROWS, 0  # cached: positions whose keys/values in the cache are valid for ctx
+    ctx = idx[:, -config.block_size:]
+    for _ in range(max_new_tokens):
+        T = ctx.size(1)
+        if use_cache and rows < T <= config.block_size and cached >= T - rows:
+            cache.pos = T - rows  # decode: re-run the last `rows` positions over the cached ones
+            h = (step_fn or model.hidden_states)(ctx[:, -rows:], cache)
+        else:  # the reference every step; the cached path's prefill, short contexts and past block_size
+            cache.pos = 0
+            h = model.hidden_states(ctx[:, -config.block_size:], cache)
+        cached = min(T, config.block_size)
+        logits = h[:, -1, :] @ head
+        next_id = sample_next(logits, temperature, top_k, top_p, generator, vocab_limit)
+        ctx = torch.cat((ctx, next_id), dim=1)[:, -(config.block_size + 1):]
+        yield next_id
+
+
+def generate(model, idx, max_new_tokens, **kwargs):
+    """idx (B, T) followed by max_new_tokens new ids; keyword arguments as for `stream`."""
+    new = list(stream(model, idx, max_new_tokens, **kwargs))
+    return torch.cat([idx] + new, dim=1)

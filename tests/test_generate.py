@@ -1,0 +1,262 @@
+"""The KV-cache engine: cached generation equals the full-recompute reference bit for bit; the
+sampling helper's top-k/top-p/temperature rules; sample.py's streaming and interactive mode."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import engine
+from conftest import REPO, run_script
+from model import GPT, GPTConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(vocab_size=65, block_size=24, n_embd=32, n_head=2, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_layer=2, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                         vocab_size=vocab_size, bias=True)).eval()
+
+
+def run(model, idx, n, use_cache, seed=1, **kw):
+    """Generated ids and the logits every step sampled from."""
+    seen = []
+    real = engine.sample_next
+
+    def spy(logits, *args):
+        seen.append(logits.clone())
+        return real(logits, *args)
+
+    engine.sample_next = spy
+    try:
+        out = model.generate(idx, n, use_cache=use_cache, generator=torch.Generator().manual_seed(seed), **kw)
+    finally:
+        engine.sample_next = real
+    return out, seen
+
+
+CASES = {  # (B, prompt length, new tokens, vocab, sampling); block_size is 24
+    "greedy": (1, 5, 15, 65, dict(temperature=0)),
+    "top_k=1": (1, 3, 15, 65, dict(temperature=1.0, top_k=1)),
+    "sampled": (1, 4, 16, 65, dict(temperature=1.0)),
+    "top_k_top_p": (1, 20, 4, 65, dict(temperature=0.8, top_k=20, top_p=0.9)),
+    "batched": (3, 6, 14, 65, dict(temperature=1.0, top_p=0.95)),
+    "past_block_size": (2, 10, 40, 65, dict(temperature=1.0, top_k=30)),
+    "long_prompt": (1, 30, 5, 65, dict(temperature=0)),
+    "bpe_vocab": (2, 8, 20, 50304, dict(temperature=1.0, top_k=200, vocab_limit=50257)),
+}
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_cached_equals_reference_bit_for_bit(case, use_sdpa):
+    B, T, n, vocab, kw = CASES[case]
+    model = tiny(vocab_size=vocab)
+    for block in model.transformer.h:
+        block.attn.use_sdpa = use_sdpa
+    idx = torch.randint(0, min(vocab, 50257), (B, T), generator=torch.Generator().manual_seed(2))
+    fast, fast_logits = run(model, idx, n, use_cache=True, **kw)
+    ref, ref_logits = run(model, idx, n, use_cache=False, **kw)
+    assert fast.shape == (B, T + n) and torch.equal(fast[:, :T], idx)
+    assert torch.equal(fast, ref)
+    assert len(fast_logits) == len(ref_logits) == n
+    for step, (a, b) in enumerate(zip(fast_logits, ref_logits)):
+        assert torch.equal(a, b), f"step {step}: logits differ by {(a - b).abs().max().item()}"
+    if "vocab_limit" in kw:
+        assert (fast < kw["vocab_limit"]).all()
+
+
+def test_reference_agrees_with_the_plain_forward():
+    """The reference is a real full recompute: its logits are model(context)'s, to rounding."""
+    model = tiny()
+    idx = torch.randint(0, 65, (2, 3), generator=torch.Generator().manual_seed(5))
+    out, seen = run(model, idx, 30, use_cache=False, temperature=1.0)  # 33 > block_size 24: crops too
+    with torch.no_grad():
+        for step, logits in enumerate(seen):
+            ctx = out[:, :3 + step][:, -model.config.block_size:]
+            expected, _ = model(ctx)
+            torch.testing.assert_close(logits, expected[:, -1], rtol=0, atol=1e-5)
+
+
+def test_kv_cache_chunks_match_full_forward():
+    """Feeding a sequence through the cache in pieces (prefill, 1-token and 3-token steps) gives the
+    full forward's hidden states: the decode mask is aligned bottom-right and positions continue."""
+    for use_sdpa in (True, False):
+        model = tiny()
+        for block in model.transformer.h:
+            block.attn.use_sdpa = use_sdpa
+        idx = torch.randint(0, 65, (2, 20), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            full = model.hidden_states(idx)
+            cache = engine.KVCache(model.config, batch_size=2)
+            pieces = []
+            for start, end in [(0, 7), (7, 8), (8, 11), (11, 12), (12, 20)]:
+                cache.pos = start
+                pieces.append(model.hidden_states(idx[:, start:end], cache))
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="longer than block_size"):
+            cache.pos = 20
+            model.hidden_states(idx[:, :5], cache)
+
+
+def test_generate_uses_current_weights():
+    """The transposed head copy is rebuilt per call: changing the weights changes the output."""
+    model = tiny()
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    before = model.generate(idx, 5, temperature=0)
+    with torch.no_grad():
+        model.transformer.wte.weight[7] += 50.0 * model.transformer.ln_f.bias.sign() + 5.0
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)  # every hidden state is all-ones: token 7 wins
+    after = model.generate(idx, 5, temperature=0)
+    assert not torch.equal(before, after) and (after[0, 1:] == 7).all()
+    assert torch.equal(after, model.generate(idx, 5, temperature=0, use_cache=False))
+
+
+# ---- sample_next on hand-made logits ------------------------------------------------------------
+
+PROBS = torch.tensor([[0.05, 0.5, 0.15, 0.3]])  # ranked: 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
+
+
+def draws(n=400, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    logits = PROBS.log().repeat(n, 1)
+    return set(engine.sample_next(logits, generator=g, **kw).flatten().tolist())
+
+
+def test_sample_next_greedy_and_top_k():
+    assert engine.sample_next(PROBS.log(), temperature=0).item() == 1
+    assert draws(temperature=1.0) == {0, 1, 2, 3}
+    assert draws(top_k=1) == {1}
+    assert draws(top_k=2) == {1, 3}
+    assert draws(top_k=3, temperature=5.0) == {1, 2, 3}
+    assert draws(top_k=0) == {0, 1, 2, 3}  # 0 means no top-k, as in sample.py
+
+
+@pytest.mark.parametrize("top_p, kept", [(0.3, {1}), (0.5, {1}), (0.51, {1, 3}), (0.8, {1, 3}),
+                                         (0.81, {1, 2, 3}), (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3})])
+def test_sample_next_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
+    assert draws(top_p=top_p) == kept
+
+
+def test_sample_next_top_p_renormalises_what_is_kept():
+    g = torch.Generator().manual_seed(0)
+    ids = engine.sample_next(PROBS.log().repeat(20000, 1), top_p=0.8, generator=g).flatten()
+    share = (ids == 1).float().mean().item()
+    assert abs(share - 0.5 / 0.8) < 0.02  # 0.625 of the kept mass
+
+
+def test_sample_next_vocab_limit_generator_and_errors():
+    logits = torch.tensor([[0.0, 0.0, 9.0, 9.0]])
+    assert engine.sample_next(logits, temperature=0, vocab_limit=2).item() in (0, 1)
+    assert draws(vocab_limit=2) == {0, 1}
+    before = torch.get_rng_state()
+    a = engine.sample_next(PROBS.log().repeat(50, 1), generator=torch.Generator().manual_seed(4))
+    b = engine.sample_next(PROBS.log().repeat(50, 1), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and torch.equal(before, torch.get_rng_state())
+    # top_p=1 and top_k=None are "off": the same draws as plain sampling
+    c = engine.sample_next(PROBS.log().repeat(50, 1), top_p=1.0, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, c)
+    for bad in (dict(top_p=0.0), dict(top_p=1.5), dict(temperature=-1.0)):
+        with pytest.raises(ValueError):
+            engine.sample_next(PROBS.log(), **bad)
+
+
+def test_compile_step_stays_off_on_cpu():
+    assert engine.compile_step(tiny(), "cpu", log=lambda msg: pytest.fail(msg)) is None
+
+
+# ---- sample.py --------------------------------------------------------------------------------
+
+class Chunks:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_text_stream_holds_back_split_characters():
+    import tiktoken
+    from sample import TextStream, Tokenizer
+    tok = Tokenizer()
+    ids = tiktoken.get_encoding("gpt2").encode("日本語 ok 🙂🙂 end")
+    assert sum("\ufffd" in tok.decode([i]) for i in ids) >= 6  # characters split across tokens
+    out = Chunks()
+    stream = TextStream(tok, ids[:1], out)
+    stream.add([])
+    for i in ids[1:]:
+        stream.add([i])
+    stream.add([], final=True)
+    assert "".join(out.parts) == "日本語 ok 🙂🙂 end"
+    assert len(out.parts) > 3 and not any("\ufffd" in p for p in out.parts)
+
+
+@pytest.fixture
+def char_ckpt(tmp_path):
+    """A tiny char-level checkpoint in out/ckpt.pt, as train.py writes it."""
+    from checkpoint import save_checkpoint
+    itos = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\n"))
+    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=24, bias=True, vocab_size=len(itos), dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**args))
+    os.makedirs(tmp_path / "out")
+    save_checkpoint({"model": model.state_dict(), "model_args": args, "iter_num": 0, "best_val_loss": 9.0,
+                     "config": {}, "vocab": {"vocab_size": len(itos), "itos": itos}}, tmp_path / "out" / "ckpt.pt")
+    return str(tmp_path / "out"), itos
+
+
+def test_sample_stream_equals_batch_print_and_reference(tmp_path, char_ckpt):
+    out_dir, itos = char_ckpt
+    common = [f"--out_dir={out_dir}", "--device=cpu", "--start=All:", "--num_samples=2", "--max_new_tokens=40",
+              "--top_k=10", "--top_p=0.9", "--seed=3"]
+    streamed = run_script("sample.py", *common, cwd=tmp_path).stdout
+    printed = run_script("sample.py", *common, "--stream=False", cwd=tmp_path).stdout
+    reference = run_script("sample.py", *common, "--use_cache=False", "--stream=False", cwd=tmp_path).stdout
+    assert streamed == printed == reference
+    samples = streamed.split("---------------\n")
+    assert len(samples) == 3 and samples[2] == ""
+    assert all(s.startswith("All:") and len(s) == len("All:") + 40 + 1 for s in samples[:2])  # + "\n"
+    bad = run_script("sample.py", *common, "--top_p=0", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: top_p must be in (0, 1]")
+
+
+def test_sample_interactive_prompt_loop(tmp_path, char_ckpt):
+    out_dir, itos = char_ckpt
+    argv = [sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={out_dir}", "--device=cpu",
+            "--interactive=True", "--num_samples=1", "--max_new_tokens=12", "--temperature=0"]
+
+    def session(stdin):
+        res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    out = session("All\nspeak\n\nnever read\n")  # the empty line ends the loop
+    replies = out.split("---------------\n")
+    assert len(replies) == 3 and replies[0].startswith("> All") and replies[1].startswith("> speak")
+    assert replies[2] == "> " and "never" not in out
+    assert len(replies[0]) == len("> All") + 12 + 1
+    # Ctrl-D (end of input) also ends it; a character outside the vocabulary is reported, not fatal
+    again = session("Zed\nAll")
+    assert "> error: the prompt has characters outside the model's vocabulary: 'Z'\n" in again
+    assert again.count("---------------") == 1
+    # greedy, so the same prompt gets the same completion in a new session
+    assert again.split("'Z'\n")[1] == replies[0] + "---------------\n> "
+
+
+def test_sample_bpe_from_hf_directory_streams(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32))
+    hf.save_pretrained(tmp_path / "hf")
+    common = [f"--init_from={tmp_path / 'hf'}", "--device=cpu", "--start=Hello there", "--num_samples=2",
+              "--max_new_tokens=40", "--top_k=0", "--temperature=1.0"]  # 40 + 2 > 32: slides the context
+    streamed = run_script("sample.py", *common, cwd=tmp_path).stdout
+    assert streamed == run_script("sample.py", *common, "--use_cache=False", "--stream=False", cwd=tmp_path).stdout
+    assert streamed.startswith("Hello there") and streamed.count("---------------") == 2
