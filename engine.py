@@ -29,7 +29,6 @@ Why the logits are *bitwise* the same, not just close:
 tests/test_generate.py checks the logits of every step bit for bit, greedy and sampled, batched,
 across block_size, with and without SDPA.
 """
-import math
 
 import torch
 import torch.nn.functional as F
