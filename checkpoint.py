@@ -170,18 +170,24 @@ def append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
+def read_jsonl(path):
+    """The JSON records of a log file, in order, skipping a last line cut short by a crash."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
 def start_metrics_log(path, resume_iter=None):
     """Empty log.jsonl for a new run. A resumed run keeps the records its checkpoint had seen: evals up
     to resume_iter, steps before it (a crashed run's later records would be repeated)."""
     keep = []
     if resume_iter is not None and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by the crash
-                if r["iter"] < resume_iter or (r["iter"] == resume_iter and r["kind"] == "eval"):
-                    keep.append(line)
+        keep = [r for r in read_jsonl(path)
+                if r["iter"] < resume_iter or (r["iter"] == resume_iter and r["kind"] == "eval")]
     with open(path, "w") as f:
-        f.writelines(keep)
+        f.writelines(json.dumps(r) + "\n" for r in keep)

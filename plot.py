@@ -6,10 +6,10 @@
 Top: train and val loss against steps. Below: the same against tokens seen, the learning rate,
 and HellaSwag accuracy when the runs measured it. Needs matplotlib: pip install matplotlib.
 """
-import json
 import os
 import sys
 
+from checkpoint import read_jsonl
 from configurator import UserError, load_config, run_main
 
 DEFAULTS = dict(
@@ -26,13 +26,8 @@ def read_log(out_dir):
     if not os.path.isfile(path):
         raise UserError(f"no log.jsonl in '{out_dir}': train.py writes it there while training (--out_dir)")
     train, evals = [], []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            (evals if record.get("kind") == "eval" else train).append(record)
+    for record in read_jsonl(path):
+        (evals if record.get("kind") == "eval" else train).append(record)
     if not train and not evals:
         raise UserError(f"{path} holds no records yet")
     return train, evals
