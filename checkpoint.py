@@ -191,3 +191,14 @@ def start_metrics_log(path, resume_iter=None):
                 if r["iter"] < resume_iter or (r["iter"] == resume_iter and r["kind"] == "eval")]
     with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in keep)
+
+
+def check_vocab(model_vocab, data_vocab, vocab_size, dataset):
+    """A model can only go on training on data written with its own vocabulary."""
+    if not data_vocab:
+        return  # no meta.json/meta.pkl: nothing to compare
+    describe = lambda v: f"a {len(v['itos'])}-character vocabulary" if v.get("itos") else "GPT-2's BPE"  # noqa: E731
+    if data_vocab["vocab_size"] > vocab_size or (model_vocab and model_vocab.get("itos") != data_vocab.get("itos")):
+        raise UserError(f"vocabulary mismatch: dataset '{dataset}' was prepared with {describe(data_vocab)}, "
+                        f"the model uses {describe(model_vocab or {})} ({vocab_size} ids); prepare the data with "
+                        "the model's tokenizer, or train a new model with --init_from=scratch")

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (MODEL_ARGS, append_jsonl, checkpoint_files, find_resume_checkpoint, load_checkpoint,
-                        load_vocab, model_from_checkpoint, prune_snapshots, rng_state, save_checkpoint,
-                        set_rng_state, snapshot_path, start_metrics_log)
+from checkpoint import (MODEL_ARGS, append_jsonl, check_vocab, checkpoint_files, find_resume_checkpoint,
+                        load_checkpoint, load_vocab, model_from_checkpoint, prune_snapshots, rng_state,
+                        save_checkpoint, set_rng_state, snapshot_path, start_metrics_log)
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits
 from eval import check_gpt2_vocab, evaluate_hellaswag, load_hellaswag
@@ -140,17 +140,6 @@ def check_settings(cfg):
         raise UserError(f"dropout={cfg['dropout']} must be in [0, 1)")
     if not all(isinstance(i, int) and i > 0 for i in cfg["save_iters"]):
         raise UserError(f"save_iters={cfg['save_iters']} must be a list of positive steps, like [1000,5000]")
-
-
-def check_vocab(model_vocab, data_vocab, vocab_size, dataset):
-    """A model can only go on training on data written with its own vocabulary."""
-    if not data_vocab:
-        return  # no meta.json/meta.pkl: nothing to compare
-    describe = lambda v: f"a {len(v['itos'])}-character vocabulary" if v.get("itos") else "GPT-2's BPE"  # noqa: E731
-    if data_vocab["vocab_size"] > vocab_size or (model_vocab and model_vocab.get("itos") != data_vocab.get("itos")):
-        raise UserError(f"vocabulary mismatch: dataset '{dataset}' was prepared with {describe(data_vocab)}, "
-                        f"the model uses {describe(model_vocab or {})} ({vocab_size} ids); prepare the data with "
-                        "the model's tokenizer, or train a new model with --init_from=scratch")
 
 
 def peak_memory(device):
