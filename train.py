@@ -381,7 +381,8 @@ def main(argv):
                 wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
                            "grad_norm": grad_norm.item()})
 
-    if world_size > 1:
+    if world_size > 1:  # wait for rank 0's last save: tearing down gloo under a busy peer can abort
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -127,7 +127,7 @@ def test_checkpoint_policy_snapshots_best_and_keep_last(tmp_path, char_data):
           "--save_iters=[3]", "--keep_best=True")
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["best.pt", "ckpt.pt", "ckpt_0000003.pt", "ckpt_0000008.pt",
-                                       "ckpt_0000010.pt"]
+                                       "ckpt_0000010.pt", "log.jsonl"]
     assert load(out / "ckpt_0000003.pt")["iter_num"] == 3 and load(out / "ckpt.pt")["iter_num"] == 10
     best = load(out / "best.pt")
     assert best["iter_num"] in (5, 10) and best["best_val_loss"] == load(out / "ckpt.pt")["best_val_loss"]
