@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -23,6 +22,12 @@ class GPTConfig:
     n_embd: int = 768        # width of the residual stream
     dropout: float = 0.0     # dropout probability; 0 for pretraining, ~0.1-0.2 for small-data finetunes
     bias: bool = True        # biases in Linear and LayerNorm layers, as GPT-2 has; False is a bit faster
+
+
+def linear(layer, x, kv_cache=None):
+    """layer(x). During generation the KV cache may run it with another kernel that gives the same
+    numbers to a row however many rows come with it (engine.py)."""
+    return layer(x) if kv_cache is None else kv_cache.linear(layer, x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -39,12 +44,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = linear(self.c_attn, x, kv_cache).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
         if kv_cache is not None:  # generation: x continues the cached positions (see engine.py)
-            y = self._attend_cached(q, *kv_cache.store(self.layer_idx, k, v))
+            y = self._attend_cached(q, *kv_cache.store(self.layer_idx, k, v), kv_cache.future)
         elif self.use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
@@ -53,20 +58,16 @@ class CausalSelfAttention(nn.Module):
             att = F.softmax(att.masked_fill(future, float("-inf")), dim=-1)
             y = F.dropout(att, p) @ v
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(linear(self.c_proj, y, kv_cache))
 
-    def _attend_cached(self, q, k, v):
+    @staticmethod
+    def _attend_cached(q, k, v, future):
         """T queries at the last T of the S cached positions. is_causal=True would align the mask
-        top-left (query 0 sees key 0 only), so the mask is explicit: query i sees keys 0..S-T+i.
-        The product runs as plain matmuls (SDPA's math backend): each query row's numbers then do not
-        depend on how many rows are computed at once, which keeps the cache exact (engine.py)."""
-        T, S = q.size(2), k.size(2)
-        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-        if self.use_sdpa:
-            with sdpa_kernel([SDPBackend.MATH]):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        top-left (query 0 sees key 0 only), so the mask `future` (T, S) is bottom-right: query i
+        sees keys 0..S-T+i. Plain matmuls, not SDPA's fused kernel, whose tiling makes a query's
+        numbers depend on how many queries run together: here they do not (engine.py)."""
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
-        return F.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+        return F.softmax(att.masked_fill(future, float("-inf")), dim=-1) @ v
 
 
 class MLP(nn.Module):
@@ -78,8 +79,8 @@ class MLP(nn.Module):
         self.c_proj.residual_init = True
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+    def forward(self, x, kv_cache=None):
+        return self.dropout(linear(self.c_proj, self.gelu(linear(self.c_fc, x, kv_cache)), kv_cache))
 
 
 class Block(nn.Module):
@@ -92,7 +93,7 @@ class Block(nn.Module):
 
     def forward(self, x, kv_cache=None):
         x = x + self.attn(self.ln_1(x), kv_cache)
-        return x + self.mlp(self.ln_2(x))
+        return x + self.mlp(self.ln_2(x), kv_cache)
 
 
 class GPT(nn.Module):
