@@ -97,11 +97,12 @@ class KVCache:
 
     def linear(self, layer, x):
         """layer(x); in float32 on CPU through oneDNN (faster here, and row-count-proof from 2 rows)."""
-        if not (ONEDNN and x.is_cpu and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
-            return layer(x)
-        if layer not in self.packed:
-            self.packed[layer] = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), PACK_HINT)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed[layer], layer.bias, "none", [], "")
+        w = self.packed.get(layer)
+        if w is None:
+            if not (ONEDNN and x.is_cpu and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+                return layer(x)
+            w = self.packed[layer] = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), PACK_HINT)
+        return torch.ops.mkldnn._linear_pointwise(x, w, layer.bias, "none", [], "")
 
 
 def compile_step(model, device, log=print):

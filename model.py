@@ -66,8 +66,8 @@ class CausalSelfAttention(nn.Module):
         top-left (query 0 sees key 0 only), so the mask `future` (T, S) is bottom-right: query i
         sees keys 0..S-T+i. Plain matmuls, not SDPA's fused kernel, whose tiling makes a query's
         numbers depend on how many queries run together: here they do not (engine.py)."""
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
-        return F.softmax(att.masked_fill(future, float("-inf")), dim=-1) @ v
+        att = (q @ k.transpose(-2, -1)).div_(math.sqrt(k.size(-1))).masked_fill_(future, float("-inf"))
+        return att.softmax(dim=-1) @ v
 
 
 class MLP(nn.Module):
