@@ -19,7 +19,7 @@ import time
 import torch
 
 from configurator import UserError, load_config, run_main
-from dataloader import Batches
+from dataloader import Batches, split_files
 from model import GPT, GPTConfig, device_peak_flops
 from runtime import autocast, maybe_compile, resolve_device, resolve_dtype
 
@@ -32,7 +32,7 @@ DEFAULTS = dict(
     n_embd=768,
     bias=False,
     dropout=0.0,
-    real_data=True,         # batches from data_dir/dataset/train.bin; False: random tokens
+    real_data=True,         # batches from data_dir/dataset's train split; False: random tokens
     dataset="openwebtext",
     data_dir="data",
     burnin=10,              # untimed steps first
@@ -122,12 +122,9 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     B, T = cfg["batch_size"], cfg["block_size"]
-    if cfg["real_data"]:
-        path = os.path.join(cfg["data_dir"], cfg["dataset"], "train.bin")
-        if not os.path.isfile(path):
-            raise UserError(f"{path} not found: run python data/{cfg['dataset']}/prepare.py, "
-                            "or pass --real_data=False for random tokens")
-        batches, generator = Batches(path, B, T, device), torch.Generator().manual_seed(cfg["seed"])
+    if cfg["real_data"]:  # train.bin, or the train shards of a sharded dataset (fineweb_edu)
+        paths = split_files(os.path.join(cfg["data_dir"], cfg["dataset"]), cfg["dataset"])["train"]
+        batches, generator = Batches(paths, B, T, device), torch.Generator().manual_seed(cfg["seed"])
         get_batch = lambda: batches.get(batches.random_starts(generator))  # noqa: E731
     else:
         x = torch.randint(50257, (B, T), device=device)

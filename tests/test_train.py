@@ -212,10 +212,19 @@ def test_all_config_files_load():
 def test_bench_runs_synthetic_and_real(tmp_path, char_data):
     small = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16",
              "--batch_size=2", "--burnin=1", "--steps=2"]
-    for extra in (["--real_data=False"], [f"--data_dir={char_data[0]}", f"--dataset={char_data[1]}"]):
+    shards = tmp_path / "data" / "sharded"  # the layout data/fineweb_edu/prepare.py writes
+    shards.mkdir(parents=True)
+    tokens = np.fromfile(os.path.join(char_data[0], char_data[1], "train.bin"), dtype=np.uint16)
+    for i, part in enumerate(np.array_split(tokens, 2)):
+        part.tofile(shards / f"sharded_train_{i + 1:06d}.bin")
+    tokens[:100].tofile(shards / "sharded_val_000000.bin")
+    for extra in (["--real_data=False"], [f"--data_dir={char_data[0]}", f"--dataset={char_data[1]}"],
+                  [f"--data_dir={tmp_path / 'data'}", "--dataset=sharded"]):
         out = run_script("bench.py", *small, *extra, cwd=tmp_path).stdout
         match = re.search(r"loss (\d+\.\d+); (\d+\.\d+) ms/iter, ([\d,]+) tokens/s, mfu n/a", out)
         assert match and math.isfinite(float(match.group(1))) and float(match.group(2)) > 0
+    missing = run_script("bench.py", *small, f"--data_dir={tmp_path}", "--dataset=nothing", cwd=tmp_path, check=False)
+    assert missing.returncode == 2 and "run python data/nothing/prepare.py" in missing.stderr
 
 
 def test_wandb_logging_offline(tmp_path, char_data):
