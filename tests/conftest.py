@@ -99,3 +99,18 @@ def bpe_data(tmp_path):
     ids[len(ids) * 9 // 10:].tofile(folder / "val.bin")
     (folder / "meta.json").write_text(json.dumps({"vocab_size": enc.n_vocab, "tokenizer": "gpt2"}))
     return str(tmp_path / "data"), "bpe", None
+
+
+def random_hf_gpt2(config_kwargs, affine_noise):
+    """A small random transformers GPT2LMHeadModel (eval mode). Its biases and layer-norm affines get
+    `affine_noise` * N(0, 1) added, so a missed or swapped tensor shows up in the logits."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_kwargs)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(affine_noise * torch.randn_like(p))
+    return model

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, run_script
+from conftest import REPO, random_hf_gpt2, run_script
 from model import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,18 +64,9 @@ def hf_tokenizer():
 
 @pytest.fixture(scope="module")
 def hf_model():
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257,
-                                     initializer_range=0.3)  # spread-out losses, so no near-ties
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # nonzero biases and norm affines, so a missed or swapped tensor shows up
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    # initializer_range 0.3: spread-out losses, so no near-ties
+    return random_hf_gpt2(dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257,
+                               initializer_range=0.3), 0.1)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import random_hf_gpt2
 from model import GPT
 
 N_POS, VOCAB = 32, 101
@@ -16,20 +17,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def hf_model():
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=N_POS, vocab_size=VOCAB,
-                                     bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
-                                     initializer_range=0.2)  # big enough activations that exact vs
-    # tanh GELU differs by ~2e-3 in the logits, well above the 1e-4 tolerance used below
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # nonzero biases and norm affines, so a missed or swapped tensor shows up
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(0.05 * torch.randn_like(p))
-    return model
+    pytest.importorskip("transformers")
+    # initializer_range 0.2: big enough activations that exact vs tanh GELU differs by ~2e-3 in the
+    # logits, well above the 1e-4 tolerance used below
+    return random_hf_gpt2(dict(n_layer=2, n_head=4, n_embd=64, n_positions=N_POS, vocab_size=VOCAB,
+                               bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, initializer_range=0.2), 0.05)
 
 
 @pytest.fixture(scope="module")
