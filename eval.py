@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import UserError, load_config, run_main
-from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed
+from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed, teardown_distributed
 from sample import load_model_and_tokenizer
 
 DEFAULTS = dict(
@@ -310,9 +310,8 @@ def main(argv):
                                 ctx, rank, world_size, progress=rank == 0)
         log(f"perplexity: {r['tokens']} tokens ({r['bytes']} bytes), loss {r['loss']:.4f}, "
             f"perplexity {r['perplexity']:.4f}, bits per byte {r['bits_per_byte']:.4f}")
-    if world_size > 1:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     run_main(lambda: main(sys.argv[1:]))
+    teardown_distributed()  # after main's models are gone (runtime.py)

@@ -3,6 +3,7 @@
 Shared by train.py, sample.py and bench.py so that `--device`, `--dtype` and `--compile` mean the
 same thing everywhere and a setting the machine can't honour is a clear error, not a traceback.
 """
+import gc
 import os
 import re
 import shutil
@@ -139,6 +140,18 @@ def setup_distributed(backend, device):
         raise UserError(f"backend nccl needs CUDA GPUs; on {kind} use --backend=gloo (or --backend=auto)")
     torch.distributed.init_process_group(backend=backend)
     return rank, local_rank, world_size, device
+
+
+def teardown_distributed():
+    """Leave the process group, if any, once every process is done; call it after main() returned.
+    The barrier lets a process that finished first wait (say while rank 0 writes a checkpoint). DDP
+    and FSDP models keep a reference to the group: collecting them now lets the group and its gloo
+    threads shut down while Python is alive, not race the peers' exit (an intermittent SIGABRT,
+    "terminate called without an active exception")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        gc.collect()
 
 
 def shard_model(model, dtype):

@@ -25,7 +25,7 @@ from dataloader import EpochOrder, open_splits
 from eval import check_gpt2_vocab, evaluate_hellaswag, load_hellaswag
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
 from runtime import (autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
-                     shard_model, shard_optimizer_state)
+                     shard_model, shard_optimizer_state, teardown_distributed)
 
 DEFAULTS = dict(
     # output, evaluation, checkpoints
@@ -381,10 +381,7 @@ def main(argv):
                 wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
                            "grad_norm": grad_norm.item()})
 
-    if world_size > 1:  # wait for rank 0's last save: tearing down gloo under a busy peer can abort
-        dist.barrier()
-        dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     run_main(lambda: main(sys.argv[1:]))
+    teardown_distributed()  # after main's models are gone (runtime.py)
