@@ -23,18 +23,9 @@ MAX_VOCAB = 2 ** 16  # ids are stored as uint16
 # A newline between two non-space characters always ends a GPT-2 pre-token, whatever follows it.
 SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
-
-class PrepareError(Exception):
-    """A mistake the user can fix; scripts print it as one `error: ...` line and exit 2."""
-
-
-def run_main(main):
-    """Call main(), turning a PrepareError into a one-line message and exit status 2."""
-    try:
-        main()
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+# The repo's one convention for user mistakes: a one-line `error: ...` and exit status 2.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from configurator import UserError as PrepareError, run_main  # noqa: E402,F401
 
 
 def read_text(path):
