@@ -151,6 +151,19 @@ def test_sample_next_greedy_and_top_k():
     assert draws(top_k=0) == {0, 1, 2, 3}  # 0 means no top-k, as in sample.py
 
 
+def test_sample_next_top_k_draws_among_exactly_k_in_proportion():
+    ties = torch.tensor([[5.0, 5.0, 5.0, 1.0]]).repeat(3000, 1)
+    g = torch.Generator().manual_seed(1)
+    ids = engine.sample_next(ties, top_k=2, generator=g).flatten()
+    assert len(set(ids.tolist())) == 2 and 3 not in ids.tolist()  # 2 of the 3 tied ids, never more
+    ids = engine.sample_next(PROBS.log().repeat(20000, 1), top_k=2, generator=g).flatten()
+    assert abs((ids == 1).float().mean().item() - 0.5 / 0.8) < 0.02  # renormalised over the kept two
+    state = g.get_state()  # greedy draws nothing; a top_k beyond the vocabulary keeps it all
+    assert engine.sample_next(PROBS.log().repeat(5, 1), top_k=1, generator=g).flatten().tolist() == [1] * 5
+    assert torch.equal(state, g.get_state())
+    assert draws(top_k=99, top_p=0.96) == {0, 1, 2, 3} and draws(top_k=99) == {0, 1, 2, 3}
+
+
 @pytest.mark.parametrize("top_p, kept", [(0.3, {1}), (0.5, {1}), (0.51, {1, 3}), (0.8, {1, 3}),
                                          (0.81, {1, 2, 3}), (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3})])
 def test_sample_next_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
