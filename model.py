@@ -226,9 +226,10 @@ class GPT(nn.Module):
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_limit=None,
                  generator=None, use_cache=True):
-        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 is greedy; top_k/top_p
-        trim the distribution; vocab_limit keeps ids below the tokenizer's size. use_cache=False
-        re-runs the whole context every step: the reference the KV cache matches token for token."""
+        """Append max_new_tokens sampled tokens to idx (B, T). temperature 0 (or top_k=1) is greedy;
+        top_k/top_p trim the distribution; vocab_limit keeps ids below the tokenizer's size.
+        use_cache=False re-runs the whole context every step: the reference the KV cache matches
+        token for token."""
         from engine import generate
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         vocab_limit=vocab_limit, generator=generator, use_cache=use_cache)
