@@ -46,6 +46,7 @@ DEFAULTS = dict(
     new_tokens=512,         # generate mode: tokens generated per run
     num_samples=1,          # generate mode: sequences generated together (batch)
     reference=True,         # generate mode: also time use_cache=False (the full recompute) and compare
+    huge_pages=True,        # generate mode, CPU on Linux: weights on 2 MB pages (engine.huge_pages); False to compare
 )
 
 
@@ -58,7 +59,9 @@ def sync(device):
 
 def bench_generate(cfg, device):
     """Time generate() with the KV cache and, alternately, without; check both give the same ids."""
+    import engine
     from engine import compile_step, stream
+    engine.USE_HUGE_PAGES = cfg["huge_pages"]
     if cfg["prompt_tokens"] < 1 or cfg["new_tokens"] < 1 or cfg["num_samples"] < 1:
         raise UserError("prompt_tokens, new_tokens and num_samples must be >= 1 in generate mode")
     torch.manual_seed(cfg["seed"])
