@@ -1,6 +1,7 @@
 """The KV-cache engine: cached generation equals the full-recompute reference bit for bit; the
 sampling helper's top-k/top-p/temperature rules; sample.py's streaming and interactive mode."""
 import os
+import re
 import subprocess
 import sys
 
@@ -129,6 +130,40 @@ def test_generate_uses_current_weights():
     after = model.generate(idx, 5, temperature=0)
     assert not torch.equal(before, after) and (after[0, 1:] == 7).all()
     assert torch.equal(after, model.generate(idx, 5, temperature=0, use_cache=False))
+
+
+def test_pack_reorders_the_blocks_in_float32_on_cpu_only():
+    model = tiny()
+
+    def packed():
+        cache = engine.KVCache(model.config, 1)
+        cache.pack(model)
+        return set(cache.packed)
+
+    linears = {m for m in model.transformer.h.modules() if isinstance(m, torch.nn.Linear)}
+    assert packed() == (linears if engine.ONEDNN else set())  # not the head: see KVCache.logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert packed() == set()
+    model.to(torch.bfloat16)
+    assert packed() == set()
+
+
+def test_huge_pages_changes_no_numbers():
+    """madvise(MADV_COLLAPSE) only moves memory onto 2 MB pages; any range, aligned or not, is fine."""
+    t = torch.randn(3 << 20)  # 12 MB: several whole huge pages
+    before = t.clone()
+    for start, count in ((0, t.numel()), (1, 5), (12345, 1 << 20)):
+        engine.huge_pages(t.data_ptr() + 4 * start, 4 * count)
+    assert torch.equal(t, before)
+
+
+def test_bench_generate_mode_times_both_paths_and_checks_tokens(tmp_path):
+    args = ["--mode=generate", "--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
+            "--block_size=48", "--new_tokens=40", "--steps=2"]  # 16 + 40 > 48: slides the context too
+    for extra in ([], ["--huge_pages=False", "--reference=False"]):
+        out = run_script("bench.py", *args, *extra, cwd=tmp_path).stdout
+        assert re.search(r"cached: [\d.]+ s, [\d.]+ ms/token", out)
+        assert bool(re.search(r"speedup [\d.]+x .*identical tokens: True", out)) == (extra == [])
 
 
 # ---- sample_next on hand-made logits ------------------------------------------------------------
