@@ -28,14 +28,16 @@ Why the logits are *bitwise* the same, not just close:
 - Both paths turn the last position into logits with the same call on the same rows.
 
 Where the decode step's time goes (6 layers, 384 wide, 50304 vocab, 512 tokens from a 16-token
-prompt, 2-core CPU, ~6.2 ms per token): it must read every weight once, ~42 MB in the blocks and
-~77 MB in the head. The blocks' 24 products, on weights reordered once per call into oneDNN's
-blocked layout (same numbers as the plain layout), took ~2.2 ms with cold caches (MKL: ~4.7 ms
-for one-row products). The head, one batched product over 16 slabs of the vocabulary, took
-~2.3 ms, about a plain read of the table (one product over the whole table: ~2.6 ms in oneDNN,
-~3.2 ms in MKL on a transposed copy, ~7.7 ms on the table as stored). Attention over the cached
-keys took ~0.7 ms and the other eager ops on 4-row tensors ~1 ms. Greedy decoding (top_k=1 too) is
-an argmax; a top-k draw samples among k ids, where a draw over the whole vocabulary took ~1 ms.
+prompt, 2-core CPU, 6-7 ms per token as the host's load varies): it must read every weight once,
+~42 MB in the blocks and ~77 MB in the head. The blocks' 24 products, on weights reordered once per
+call into oneDNN's blocked layout (same numbers as the plain layout), took ~2.1 ms with cold caches
+(MKL: ~4.7 ms for one-row products). The head, one batched product over 16 slabs of the vocabulary,
+took ~2.2 ms, about a plain read of the table (one product over the whole table: ~2.6 ms in oneDNN,
+~3.2 ms in MKL on a transposed copy, ~7.7 ms on the table as stored). Both read from 2 MB pages
+(huge_pages): alternating runs in one process gave 6.30 ms per token with them, 6.71 without.
+The other ~2 ms: attention over the cached keys (~0.5 ms at this run's average of 272 keys, growing
+with the context) and ~200 small eager ops on 4-row tensors. Greedy decoding (top_k=1 too) is an
+argmax, and a top-k draw samples among k ids: a draw over the whole vocabulary took ~1 ms.
 tests/test_generate.py checks the logits of every step bit for bit, greedy and sampled, batched,
 across block_size, char and BPE vocabularies, on one thread and on all.
 """
