@@ -51,9 +51,9 @@ import torch.nn.functional as F
 DECODE_ROWS = 4  # positions per decode step: a row count whose results match the full forward's rows
 FULL_UP_TO = 16  # contexts up to this length run the full forward in the cached path too
 HEAD_SLABS = 16  # at least this many slabs of the vocabulary in the head's product (more with more threads)
-PACK_HINT = 16  # rows oneDNN lays the weights out for: 16 beat 1 and 4 on the blocks, tied 64-256 on the head
-ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in
-                                                     ("_linear_pointwise", "_reorder_linear_weight", "data_ptr", "_nbytes"))
+PACK_HINT = 16  # rows oneDNN lays the weights out for: 16 beat 1 and 4 on the blocks (32-256: no better)
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+    and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 HUGE_PAGE, MADV_COLLAPSE = 2 << 20, 25  # x86-64/arm64 Linux: bytes in a transparent huge page; madvise code
 LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 USE_HUGE_PAGES = True  # False leaves the pages alone (bench.py --huge_pages=False, to compare)
@@ -127,8 +127,9 @@ class KVCache:
             for layer in model.transformer.h.modules():
                 if isinstance(layer, torch.nn.Linear):
                     self.packed[layer] = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), PACK_HINT)
-            for packed in self.packed.values():  # after all are placed: pages are whole only then
-                huge_pages(torch.ops.mkldnn.data_ptr(packed), torch.ops.mkldnn._nbytes(packed))
+            if hasattr(torch.ops.mkldnn, "data_ptr"):  # once all are placed: only then are their pages whole
+                for packed in self.packed.values():
+                    huge_pages(torch.ops.mkldnn.data_ptr(packed), torch.ops.mkldnn._nbytes(packed))
         if w.is_cpu:  # the head's table streams from memory every token too
             huge_pages(w.data_ptr(), w.nbytes)
 
