@@ -7,7 +7,7 @@
     python eval.py --task=export_hf --out_dir=out                  # writes out/hf for transformers
 
 The model comes from --init_from: 'resume' (ckpt.pt in out_dir), 'gpt2'..'gpt2-xl', or a local
-Hugging Face GPT-2 directory. train.py imports load_hellaswag and evaluate_hellaswag from here.
+Hugging Face GPT-2 directory. train.py imports its val-loss estimate and HellaSwag from here.
 """
 import json
 import math
@@ -177,6 +177,31 @@ def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), ra
     model.train(was_training)
     n, right, right_norm = counts.tolist()
     return {"n": int(n), "acc": right / n, "acc_norm": right_norm / n, "losses": losses}
+
+
+# ----------------------------------------------------------------------------- train.py's val loss
+
+@torch.no_grad()
+def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1):
+    """Mean loss over eval_iters batches per split, shared out among the processes. The batches are
+    the same at every evaluation, so successive val losses differ only because the model changed."""
+    model.eval()
+    out = {}
+    for i, (name, batches) in enumerate(splits.items()):
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * (i + 1))
+        starts = [batches.random_starts(generator) for _ in range(eval_iters)]
+        total = torch.zeros((), dtype=torch.float64, device=batches.device)
+        for j in range(math.ceil(eval_iters / world_size)):  # batch k goes to process k % world_size
+            k = j * world_size + rank
+            x, y = batches.get(starts[min(k, eval_iters - 1)])
+            with ctx:
+                loss = model(x, y)[1].double()
+            total += loss if k < eval_iters else 0.0  # every process runs as many forwards (FSDP needs it)
+        if world_size > 1:
+            dist.all_reduce(total)
+        out[name] = total.item() / eval_iters
+    model.train()
+    return out
 
 
 # ----------------------------------------------------------------------------- perplexity

@@ -22,7 +22,7 @@ from checkpoint import (MODEL_ARGS, append_jsonl, check_vocab, checkpoint_files,
                         save_checkpoint, set_rng_state, snapshot_path, start_metrics_log)
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits
-from eval import check_gpt2_vocab, evaluate_hellaswag, load_hellaswag
+from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
 from runtime import (autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
                      shard_model, shard_optimizer_state, teardown_distributed)
@@ -91,29 +91,6 @@ def get_lr(it, cfg):
         return cfg["min_lr"]
     progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
     return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
-
-
-@torch.no_grad()
-def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1):
-    """Mean loss over eval_iters batches per split, shared out among the processes. The batches are
-    the same at every evaluation, so successive val losses differ only because the model changed."""
-    model.eval()
-    out = {}
-    for i, (name, batches) in enumerate(splits.items()):
-        generator = torch.Generator().manual_seed(seed + 1_000_003 * (i + 1))
-        starts = [batches.random_starts(generator) for _ in range(eval_iters)]
-        total = torch.zeros((), dtype=torch.float64, device=batches.device)
-        for j in range(math.ceil(eval_iters / world_size)):  # batch k goes to process k % world_size
-            k = j * world_size + rank
-            x, y = batches.get(starts[min(k, eval_iters - 1)])
-            with ctx:
-                loss = model(x, y)[1].double()
-            total += loss if k < eval_iters else 0.0  # every process runs as many forwards (FSDP needs it)
-        if world_size > 1:
-            dist.all_reduce(total)
-        out[name] = total.item() / eval_iters
-    model.train()
-    return out
 
 
 def check_finite(losses, iter_num, ckpt_path):
