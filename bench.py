@@ -60,7 +60,6 @@ def sync(device):
 def bench_generate(cfg, device):
     """Time generate() with the KV cache and, alternately, without; check both give the same ids."""
     import engine
-    from engine import compile_step, stream
     engine.USE_HUGE_PAGES = cfg["huge_pages"]
     if cfg["prompt_tokens"] < 1 or cfg["new_tokens"] < 1 or cfg["num_samples"] < 1:
         raise UserError("prompt_tokens, new_tokens and num_samples must be >= 1 in generate mode")
@@ -68,7 +67,7 @@ def bench_generate(cfg, device):
     model = GPT(GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
                           n_embd=cfg["n_embd"], bias=cfg["bias"], vocab_size=50304)).to(device).eval()
     idx = torch.randint(50257, (cfg["num_samples"], cfg["prompt_tokens"]), device=device)
-    step_fn = compile_step(model, device) if cfg["compile"] else None
+    step_fn = engine.compile_step(model, device) if cfg["compile"] else None
     n = cfg["new_tokens"]
     print(f"{model.get_num_params() / 1e6:.1f}M parameters, {device}, {torch.get_num_threads()} threads, "
           f"prompt {cfg['prompt_tokens']}, {n} new tokens, batch {cfg['num_samples']}, greedy")
@@ -76,8 +75,8 @@ def bench_generate(cfg, device):
     def timed(use_cache):
         sync(device)
         t0 = time.time()
-        out = torch.cat([idx] + list(stream(model, idx, n, temperature=0, use_cache=use_cache,
-                                            step_fn=step_fn if use_cache else None)), dim=1)
+        out = torch.cat([idx] + list(engine.stream(model, idx, n, temperature=0, use_cache=use_cache,
+                                                   step_fn=step_fn if use_cache else None)), dim=1)
         sync(device)
         return out, time.time() - t0
 
