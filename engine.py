@@ -62,11 +62,16 @@ USE_HUGE_PAGES = True  # False leaves the pages alone (bench.py --huge_pages=Fal
 def huge_pages(ptr, nbytes):
     """Best effort: ask Linux (6.1+) to back the memory holding bytes ptr..ptr+nbytes with 2 MB
     pages (madvise MADV_COLLAPSE); contents and addresses stay as they are. A decode step streams
-    every weight from memory, and fewer TLB misses made it faster on our 2-core CPU (a VM). Where
-    the call is unknown or refused, nothing changes."""
-    if LIBC is not None and USE_HUGE_PAGES:
-        lo, hi = ptr // HUGE_PAGE * HUGE_PAGE, -(-(ptr + nbytes) // HUGE_PAGE) * HUGE_PAGE
-        LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_COLLAPSE)
+    every weight from memory, and fewer TLB misses made it faster on our 2-core CPU (a VM). First the
+    whole pages around the range, shared with whatever lies beside it (a 1.8 MB weight is smaller than
+    a page); where part of that is not mapped the call fails, so then the whole pages inside the range
+    alone. Where the call is unknown or refused, nothing changes. Returns whether a call succeeded."""
+    if LIBC is None or not USE_HUGE_PAGES:
+        return False
+    outer = (ptr // HUGE_PAGE * HUGE_PAGE, -(-(ptr + nbytes) // HUGE_PAGE) * HUGE_PAGE)
+    inner = (-(-ptr // HUGE_PAGE) * HUGE_PAGE, (ptr + nbytes) // HUGE_PAGE * HUGE_PAGE)
+    return any(hi > lo and LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_COLLAPSE) == 0
+               for lo, hi in (outer, inner))  # any() stops at the first that succeeds
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, vocab_limit=None):

@@ -148,12 +148,39 @@ def test_pack_reorders_the_blocks_in_float32_on_cpu_only():
     assert packed() == set()
 
 
+def anon_huge_kb(ptr):
+    """AnonHugePages of the mapping holding address ptr, from /proc/self/smaps."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split()[0] and ":" not in line.split()[0]:  # a mapping's header: start-end perms ...
+            lo, hi = (int(a, 16) for a in line.split()[0].split("-"))
+            inside = lo <= ptr < hi
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
 def test_huge_pages_changes_no_numbers():
     """madvise(MADV_COLLAPSE) only moves memory onto 2 MB pages; any range, aligned or not, is fine."""
     t = torch.randn(3 << 20)  # 12 MB: several whole huge pages
     before = t.clone()
     for start, count in ((0, t.numel()), (1, 5), (12345, 1 << 20)):
         engine.huge_pages(t.data_ptr() + 4 * start, 4 * count)
+    assert torch.equal(t, before)
+
+
+def test_huge_pages_backs_a_tensor_alone_in_its_mapping():
+    """A large tensor gets a mapping of its own, so the whole pages around it are partly unmapped:
+    the pages inside it must still be collapsed (the first version of huge_pages silently was not)."""
+    import ctypes
+    t = torch.randn(4 << 20)  # 16 MB
+    before = t.clone()
+    page = -(-t.data_ptr() // engine.HUGE_PAGE) * engine.HUGE_PAGE  # the first whole 2 MB page inside t
+    kernel_can = engine.LIBC is not None and engine.LIBC.madvise(
+        ctypes.c_void_p(page), ctypes.c_size_t(engine.HUGE_PAGE), engine.MADV_COLLAPSE) == 0  # Linux 6.1+
+    assert engine.huge_pages(t.data_ptr(), t.nbytes) == kernel_can
+    if kernel_can:
+        assert anon_huge_kb(t.data_ptr()) >= 12 << 10  # at least 6 of its 7 whole 2 MB pages, not just the probed one
     assert torch.equal(t, before)
 
 
