@@ -35,9 +35,11 @@ call into oneDNN's blocked layout (same numbers as the plain layout), took ~2.1 
 took ~2.2 ms, about a plain read of the table (one product over the whole table: ~2.6 ms in oneDNN,
 ~3.2 ms in MKL on a transposed copy, ~7.7 ms on the table as stored). Both read from 2 MB pages
 (huge_pages): alternating runs in one process gave 6.30 ms per token with them, 6.71 without.
-The other ~2 ms: attention over the cached keys (~0.5 ms at this run's average of 272 keys, growing
-with the context) and ~200 small eager ops on 4-row tensors. Greedy decoding (top_k=1 too) is an
-argmax, and a top-k draw samples among k ids: a draw over the whole vocabulary took ~1 ms.
+The other ~2-2.5 ms: attention over the cached keys (~0.8-0.95 ms at this run's average of 272 keys,
+growing with the context) and ~200 small eager ops on 4-row tensors; they take about half as long
+when no weights stream between them (likely cache misses: each op starts cold after a product).
+Greedy decoding (top_k=1 too) is an argmax, and a top-k draw samples among k ids: a draw over the
+whole vocabulary took ~1 ms.
 tests/test_generate.py checks the logits of every step bit for bit, greedy and sampled, batched,
 across block_size, char and BPE vocabularies, on one thread and on all.
 """
