@@ -110,7 +110,7 @@ class KVCache:
         self.shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
         self.k = self.v = None  # allocated at the first store, in the dtype the layers produce (autocast)
         self.pos = 0  # position of the first token of the forward pass in progress; set by the caller
-        self.future = None  # (T, pos + T) mask of the keys each query must not see, set at layer 0
+        self.mask = None  # (T, pos + T): -inf at the keys each query must not see, else 0; set at layer 0
         self.packed = {}  # layer -> its weight in oneDNN's layout (see pack)
 
     def store(self, layer, k, v):
@@ -121,7 +121,7 @@ class KVCache:
             self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
         end = self.pos + k.size(2)
         if layer == 0:
-            self.future = torch.ones(k.size(2), end, dtype=torch.bool, device=k.device).triu(self.pos + 1)
+            self.mask = torch.full((k.size(2), end), float("-inf"), device=k.device, dtype=k.dtype).triu_(self.pos + 1)
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

@@ -49,7 +49,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0
         if kv_cache is not None:  # generation: x continues the cached positions (see engine.py)
-            y = self._attend_cached(q, *kv_cache.store(self.layer_idx, k, v), kv_cache.future)
+            y = self._attend_cached(q, *kv_cache.store(self.layer_idx, k, v), kv_cache.mask)
         elif self.use_sdpa:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
@@ -61,13 +61,16 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(linear(self.c_proj, y, kv_cache))
 
     @staticmethod
-    def _attend_cached(q, k, v, future):
+    def _attend_cached(q, k, v, mask):
         """T queries at the last T of the S cached positions. is_causal=True would align the mask
-        top-left (query 0 sees key 0 only), so the mask `future` (T, S) is bottom-right: query i
-        sees keys 0..S-T+i. Plain matmuls, not SDPA's fused kernel, whose tiling makes a query's
-        numbers depend on how many queries run together: here they do not (engine.py)."""
-        att = (q @ k.transpose(-2, -1)).div_(math.sqrt(k.size(-1))).masked_fill_(future, float("-inf"))
-        return att.softmax(dim=-1) @ v
+        top-left (query 0 sees key 0 only), so `mask` (T, S) is bottom-right: 0 where query i may
+        see key j (j <= S-T+i), -inf where not, added to the scaled scores in the same product.
+        Plain batched matmuls, not SDPA's fused kernel, whose tiling makes a query's numbers depend
+        on how many queries run together: here they do not (engine.py)."""
+        B, H, T, hs = q.shape
+        k, v = k.reshape(B * H, -1, hs), v.reshape(B * H, -1, hs)
+        att = torch.baddbmm(mask, q.reshape(B * H, T, hs), k.transpose(1, 2), alpha=1 / math.sqrt(hs))
+        return torch.bmm(att.softmax(dim=-1), v).view(B, H, T, hs)
 
 
 class MLP(nn.Module):
