@@ -1,5 +1,6 @@
 """The KV-cache engine: cached generation equals the full-recompute reference bit for bit; the
 sampling helper's top-k/top-p/temperature rules; sample.py's streaming and interactive mode."""
+import ctypes
 import os
 import re
 import subprocess
@@ -172,7 +173,6 @@ def test_huge_pages_changes_no_numbers():
 def test_huge_pages_backs_a_tensor_alone_in_its_mapping():
     """A large tensor gets a mapping of its own, so the whole pages around it are partly unmapped:
     the pages inside it must still be collapsed (the first version of huge_pages silently was not)."""
-    import ctypes
     t = torch.randn(4 << 20)  # 16 MB
     before = t.clone()
     page = -(-t.data_ptr() // engine.HUGE_PAGE) * engine.HUGE_PAGE  # the first whole 2 MB page inside t
