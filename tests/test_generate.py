@@ -153,8 +153,9 @@ def anon_huge_kb(ptr):
     """AnonHugePages of the mapping holding address ptr, from /proc/self/smaps."""
     inside = False
     for line in open("/proc/self/smaps"):
-        if "-" in line.split()[0] and ":" not in line.split()[0]:  # a mapping's header: start-end perms ...
-            lo, hi = (int(a, 16) for a in line.split()[0].split("-"))
+        first = line.split(maxsplit=1)[0]
+        if not first.endswith(":"):  # a mapping's header, "start-end perms ...", not a "Field:" line
+            lo, hi = (int(a, 16) for a in first.split("-"))
             inside = lo <= ptr < hi
         elif inside and line.startswith("AnonHugePages:"):
             return int(line.split()[1])
