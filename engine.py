@@ -45,6 +45,8 @@ across block_size, char and BPE vocabularies, on one thread and on all.
 """
 
 import ctypes
+import math
+import platform
 import sys
 
 import torch
@@ -53,6 +55,9 @@ import torch.nn.functional as F
 DECODE_ROWS = 4  # positions per decode step: a row count whose results match the full forward's rows
 FULL_UP_TO = 16  # contexts up to this length run the full forward in the cached path too
 HEAD_SLABS = 16  # at least this many slabs of the vocabulary in the head's product (more with more threads)
+SLAB_ROWS = 512  # and at most this many rows in a slab: greedy steps recompute only the slabs they need
+SCREEN_FROM = 4096  # vocabularies at least this big screen greedy steps with a float16 copy of the table
+SCREEN_OK = platform.machine().lower() in ("x86_64", "amd64")  # float16 CPU products add in float32 there
 PACK_HINT = 16  # rows oneDNN lays the weights out for: 16 beat 1 and 4 on the blocks (32-256: no better)
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
     and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -112,6 +117,7 @@ class KVCache:
         self.pos = 0  # position of the first token of the forward pass in progress; set by the caller
         self.mask = None  # (T, pos + T): -inf at the keys each query must not see, else 0; set at layer 0
         self.packed = {}  # layer -> its weight in oneDNN's layout (see pack)
+        self.screen = None  # (the head's table in float16, each row's norm): see greedy_logits
 
     def store(self, layer, k, v):
         """Write this pass's keys/values (B, n_head, T, hs) at pos..pos+T-1 and return views of all
@@ -126,10 +132,17 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def pack(self, model):
+    def pack(self, model, greedy=False):
         """On CPU in float32, reorder the weights of every block's linear layers into oneDNN's layout
-        once per call (same numbers as the plain layout, read faster), then give them huge pages."""
+        once per call (same numbers as the plain layout, read faster), then give them huge pages.
+        greedy: greedy decoding of one row; also make the float16 copy of the head's table that
+        greedy_logits screens with (with more rows the float16 product is slower than the table)."""
         w = model.lm_head.weight
+        if greedy and SCREEN_OK and w.is_cpu and w.dtype == torch.float32 and w.size(0) >= SCREEN_FROM \
+                and w.size(1) <= 20480 and model.lm_head.bias is None and not torch.is_autocast_enabled("cpu"):
+            top_norm = w.detach().norm(dim=1).max().item()  # bounds every weight too; nan if one is
+            if top_norm < 65504:  # else a weight may be beyond float16's range: no screen
+                self.screen = w.detach().half(), top_norm
         if ONEDNN and w.is_cpu and w.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
             for layer in model.transformer.h.modules():
                 if isinstance(layer, torch.nn.Linear):
@@ -153,10 +166,56 @@ class KVCache:
         it. Both paths call this with the same rows, so it needs no row-count property."""
         if not x.is_cpu or lm_head.bias is not None:
             return lm_head(x)
-        w, n = lm_head.weight, max(HEAD_SLABS, torch.get_num_threads())
-        split = w.size(0) // n * n  # a remainder of fewer than n rows runs on its own
-        y = torch.bmm(w[:split].view(n, -1, w.size(1)), x.t().expand(n, -1, -1)).view(split, -1).t()
+        w, (n, rows) = lm_head.weight, KVCache.slabs(lm_head.weight.size(0))
+        split = n * rows  # a remainder of fewer than n rows runs on its own
+        y = torch.bmm(w[:split].view(n, rows, -1), x.t().expand(n, -1, -1)).view(split, -1).t()
         return y if split == w.size(0) else torch.cat((y, F.linear(x, w[split:])), dim=1)
+
+    @staticmethod
+    def slabs(vocab_size):
+        """(number of slabs, rows in each) for the head's batched product."""
+        n = max(HEAD_SLABS, torch.get_num_threads(), -(-vocab_size // SLAB_ROWS))
+        return n, vocab_size // n
+
+    def greedy_logits(self, lm_head, x, vocab_limit=None):
+        """Logits of one row for an argmax: the same bits as `logits` in every slab of the vocabulary
+        that can hold the largest, -inf in the others; greedy picks the same id while most of the
+        table is read in float16. Rounding x and the weights to float16 (u = 2**-11), adding in
+        float32 and rounding the sum to float16 puts each approximate logit within
+        (3u + 2C * 2**-24) |x| |w_r| + 2**-25 (|x|_1 + |w_r|_1 + 1) of the exact one, C being the
+        width; `slack` is more than that for every r while C <= 20480. A slab whose largest
+        approximation is more than twice that below the top one can hold neither the largest logit
+        nor a tie. The others run exactly, each with a neighbour as a 2-slab product: the same bits
+        as in the full product (tests check it). Where too many are left to gain (a near tie across
+        the vocabulary), the screen is switched off for the rest of the call."""
+        if self.screen is None:
+            return self.logits(lm_head, x)
+        half, top_norm = self.screen
+        w, V, (n, rows) = lm_head.weight, lm_head.weight.size(0), self.slabs(lm_head.weight.size(0))
+        approx = F.linear(x.half(), half)[0]
+        if vocab_limit is not None:
+            approx[vocab_limit:] = float("-inf")
+        tops = approx[:n * rows].view(n, rows).amax(dim=1)
+        if n * rows < V:  # the remainder rows count as slab n
+            tops = torch.cat((tops, approx[n * rows:].amax(dim=0, keepdim=True)))
+        tops, x_norm = tops.tolist(), x.norm().item()
+        slack = 2**-8 * x_norm * top_norm + 2**-24 * (x.size(1)**0.5 * (x_norm + top_norm) + 1)
+        cut = max(tops) - 2 * slack
+        need = [j for j, top in enumerate(tops) if top >= cut]
+        if not math.isfinite(cut) or any(top != top or top == math.inf for top in tops):
+            return self.logits(lm_head, x)  # x, or a logit, beyond float16's range
+        if 8 * len(need) > n:  # the screen and the slabs would cost about as much as the table
+            self.screen = None
+            return self.logits(lm_head, x)
+        out = x.new_full((1, V), float("-inf"))
+        for j in need:
+            if j == n:
+                out[:, n * rows:] = F.linear(x, w[n * rows:])
+                continue
+            j = min(j, n - 2)
+            pair = torch.bmm(w[j * rows:(j + 2) * rows].view(2, rows, -1), x.t().expand(2, -1, -1))
+            out[:, j * rows:(j + 2) * rows] = pair.view(2 * rows, -1).t()
+        return out
 
 
 def compile_step(model, device, log=print):
@@ -188,7 +247,8 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     cache = KVCache(config, B)  # fresh each call, with its reordered weights: follows any change to them
     rows, cached = DECODE_ROWS, 0  # cached: positions whose keys/values in the cache are valid for ctx
     ctx = idx[:, -config.block_size:]
-    cache.pack(model)
+    greedy = use_cache and B == 1 and (temperature == 0 or top_k == 1)
+    cache.pack(model, greedy)
     for _ in range(max_new_tokens):
         T = ctx.size(1)
         if use_cache and FULL_UP_TO < T <= config.block_size and cached >= T - rows:
@@ -198,7 +258,8 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
             cache.pos = 0
             h = model.hidden_states(ctx[:, -config.block_size:], cache)
         cached = min(T, config.block_size)
-        logits = cache.logits(model.lm_head, h[:, -1, :].clone())  # clone: same alignment in both paths
+        x = h[:, -1, :].clone()  # clone: same alignment in both paths
+        logits = cache.greedy_logits(model.lm_head, x, vocab_limit) if greedy else cache.logits(model.lm_head, x)
         next_id = sample_next(logits, temperature, top_k, top_p, generator, vocab_limit)
         ctx = torch.cat((ctx, next_id), dim=1)[:, -(config.block_size + 1):]
         yield next_id

@@ -53,6 +53,7 @@ CASES = {  # (B, prompt length, new tokens, vocab, sampling); block_size is 24
     "past_block_size": (2, 10, 40, 65, dict(temperature=1.0, top_k=30)),
     "long_prompt": (1, 30, 5, 65, dict(temperature=0)),
     "bpe_vocab": (2, 8, 20, 50304, dict(temperature=1.0, top_k=200, vocab_limit=50257)),
+    "bpe_greedy": (1, 8, 20, 50304, dict(temperature=0, vocab_limit=50257)),  # the float16 screen
 }
 
 
@@ -66,8 +67,11 @@ def test_cached_equals_reference_bit_for_bit(case):
     assert fast.shape == (B, T + n) and torch.equal(fast[:, :T], idx)
     assert torch.equal(fast, ref)
     assert len(fast_logits) == len(ref_logits) == n
+    screened = case == "bpe_greedy" and engine.SCREEN_OK  # -inf in the slabs that cannot hold the top
     for step, (a, b) in enumerate(zip(fast_logits, ref_logits)):
-        assert torch.equal(a, b), f"step {step}: logits differ by {(a - b).abs().max().item()}"
+        kept = torch.isfinite(a) if screened else torch.ones_like(a, dtype=torch.bool)
+        assert torch.equal(a[kept], b[kept]), f"step {step}: logits differ by {(a - b)[kept].abs().max().item()}"
+        assert kept.float().mean() < (0.2 if screened else 2)  # the screen kept a few slabs, not the table
     if "vocab_limit" in kw:
         assert (fast < kw["vocab_limit"]).all()
 
@@ -183,6 +187,109 @@ def test_huge_pages_backs_a_tensor_alone_in_its_mapping():
     if kernel_can:
         assert anon_huge_kb(t.data_ptr()) >= 12 << 10  # at least 6 of its 7 whole 2 MB pages, not just the probed one
     assert torch.equal(t, before)
+
+
+def screened_head(vocab_size=8229, n_embd=32):
+    """A model with a big vocabulary (17 slabs of 484 rows and a remainder of 1, on up to 17
+    threads) and a KV cache whose head screens greedy steps, with its weights set by `edit`."""
+    model = tiny(vocab_size=vocab_size, n_embd=n_embd)
+    cache = engine.KVCache(model.config, 1)
+
+    def edit(change=None):
+        with torch.no_grad():
+            if change:
+                change(model.lm_head.weight)
+        cache.screen = None
+        cache.pack(model, greedy=True)
+        return model.lm_head, cache
+    return edit
+
+
+def greedy_both(lm_head, cache, x, vocab_limit=None):
+    """(screened logits, full logits, their greedy ids) for one row x."""
+    with torch.inference_mode():
+        fast, full = cache.greedy_logits(lm_head, x, vocab_limit), cache.logits(lm_head, x)
+    pick = [engine.sample_next(t, temperature=0, vocab_limit=vocab_limit).item() for t in (fast, full)]
+    return fast, full, pick
+
+
+def test_float16_products_add_in_float32_where_the_screen_runs():
+    """The premise of the screen's error bound (see KVCache.greedy_logits)."""
+    lm_head, cache = screened_head()()
+    assert (cache.screen is not None) == engine.SCREEN_OK
+    if cache.screen is None:
+        return
+    w = torch.ones(2, 384, dtype=torch.float16)
+    w[:, 0] = 2048  # 2048 + 383 ones: 2431 in float32, rounded to 2432; adding in float16 loses ones
+    assert torch.nn.functional.linear(torch.ones(1, 384, dtype=torch.float16), w).tolist() == [[2432, 2432]]
+    half, top_norm = cache.screen
+    assert top_norm == lm_head.weight.norm(dim=1).max().item()
+    for scale in (1e-6, 1.0, 300.0):
+        x = torch.randn(1, 32, generator=torch.Generator().manual_seed(1)) * scale
+        approx = torch.nn.functional.linear(x.half(), half).float()
+        bound = 3 * 2**-11 * x.norm() * lm_head.weight.norm(dim=1) + 2**-20  # far under the slack
+        assert ((approx - x @ lm_head.weight.t()).abs() <= bound).all()
+
+
+def test_greedy_screen_recomputes_every_slab_bit_for_bit():
+    """Whichever slab holds the top logit (and the one-row remainder), greedy_logits returns it with
+    the full product's bits, -inf in most of the table, and the same greedy id."""
+    edit = screened_head()
+    lm_head, cache = edit()
+    if cache.screen is None:
+        return
+    n, rows = engine.KVCache.slabs(lm_head.weight.size(0))
+    assert n * rows < lm_head.weight.size(0)
+    for top in [j * rows + 7 for j in range(n)] + [n * rows]:
+        lm_head, cache = edit(lambda w: w[top].mul_(4))  # the longest row: x along it makes it the top
+        fast, full, pick = greedy_both(lm_head, cache, lm_head.weight[top:top + 1].detach())
+        kept = torch.isfinite(fast)
+        assert pick == [top, top] and torch.equal(fast[kept], full[kept]) and kept.sum() <= 2 * rows
+    assert cache.screen is not None
+
+
+def test_greedy_screen_settles_near_ties_exactly():
+    """Rows equal in float16 and tied (or 2**-20 apart) in float32, in distant slabs: the screen keeps
+    both slabs and the exact logits decide, lowest id first on a tie, as argmax does on the table."""
+    edit = screened_head()
+    last = edit()[0].weight.size(0) - 1
+    for a, b, nudge in ((5, last, 1.0), (last, 5, 1.0), (5, 4000, 1 + 2**-20), (4000, 5, 1 + 2**-20)):
+        def change(w):
+            w[b] = w[a] * nudge
+        lm_head, cache = edit(change)
+        if cache.screen is None:
+            return
+        x = lm_head.weight[a:a + 1].detach() * 50
+        fast, full, pick = greedy_both(lm_head, cache, x)
+        want = min(a, b) if nudge == 1.0 else b
+        assert pick == [want, want] and torch.isfinite(fast[0, [a, b]]).all()
+    g = torch.Generator().manual_seed(3)
+    for trial in range(30):  # b within float16's rounding of a: their approximations often rank wrongly
+        noise = (torch.rand(32, generator=g) * 2 - 1) * 2**-10
+
+        def change(w):
+            w[last] = w[5] * (1 + noise)
+        lm_head, cache = edit(change)
+        x = lm_head.weight[5:6].detach() * 50 + torch.randn(1, 32, generator=g)
+        fast, full, pick = greedy_both(lm_head, cache, x)
+        assert pick[0] == pick[1] and torch.equal(fast[0, [5, last]], full[0, [5, last]])
+
+
+def test_greedy_screen_falls_back_to_the_whole_table():
+    edit = screened_head()
+    lm_head, cache = edit(lambda w: w[3, 0].fill_(1e5))  # beyond float16's range: no screen at all
+    assert cache.screen is None
+    lm_head, cache = edit(lambda w: w[3, 0].fill_(0.0))
+    x = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
+    x[0, 4] = 1e5  # x beyond float16's range: this step reads the whole table
+    fast, full, pick = greedy_both(lm_head, cache, x)
+    assert torch.equal(fast, full) and cache.screen is not None
+    fast, full, pick = greedy_both(lm_head, cache, lm_head.weight[8000:8001].detach() * 100, vocab_limit=7000)
+    assert pick[0] == pick[1] < 7000  # the banned top id neither wins nor sets the cut
+    lm_head, cache = edit(lambda w: w[::97].copy_(w[0]))  # a tie spread over every slab
+    fast, full, pick = greedy_both(lm_head, cache, lm_head.weight[:1].detach() * 100)
+    assert torch.equal(fast, full) and pick == [0, 0]
+    assert cache.screen is None  # and no more screening for the rest of this call
 
 
 def test_bench_generate_mode_times_both_paths_and_checks_tokens(tmp_path):
