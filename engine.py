@@ -25,23 +25,28 @@ Why the logits are *bitwise* the same, not just close:
 - Past block_size, learned positions shift by one every token, so every cached key is stale: both
   paths run the full forward over the last block_size tokens (correct first; it cannot be cheaper
   without changing what is computed).
-- Both paths turn the last position into logits with the same call on the same rows.
+- Both paths turn the last position into logits with the same call on the same rows. Greedy
+  decoding of one sequence needs only the largest: there the cached path screens the vocabulary
+  with a float16 copy of the table and recomputes exactly the slabs that can hold it
+  (KVCache.greedy_logits). Those logits have the reference's bits, the others are -inf.
 
 Where the decode step's time goes (6 layers, 384 wide, 50304 vocab, 512 tokens from a 16-token
 prompt, 2-core CPU, 6-7 ms per token as the host's load varies): it must read every weight once,
 ~42 MB in the blocks and ~77 MB in the head. The blocks' 24 products, on weights reordered once per
 call into oneDNN's blocked layout (same numbers as the plain layout), took ~2.1 ms with cold caches
-(MKL: ~4.7 ms for one-row products). The head, one batched product over 16 slabs of the vocabulary,
-took ~2.2 ms, about a plain read of the table (one product over the whole table: ~2.6 ms in oneDNN,
-~3.2 ms in MKL on a transposed copy, ~7.7 ms on the table as stored). Both read from 2 MB pages
-(huge_pages): alternating runs in one process gave 6.30 ms per token with them, 6.71 without.
+(MKL: ~4.7 ms for one-row products). The head, one batched product over slabs of the vocabulary,
+took ~2.1-2.3 ms, about a plain read of the table (one product over the whole table: ~2.6 ms in
+oneDNN, ~3.2 ms in MKL on a transposed copy, ~7.7 ms on the table as stored); screened in float16
+for greedy decoding, ~1.6 ms, recomputing 2 slabs of 508 rows at most steps and 8 at the most.
+The blocks and the table read from 2 MB pages (huge_pages): alternating runs in one process gave
+6.30 ms per token with them, 6.71 without (before the screen).
 The other ~2-2.5 ms: attention over the cached keys (~0.8-0.95 ms at this run's average of 272 keys,
 growing with the context) and ~200 small eager ops on 4-row tensors; they take about half as long
 when no weights stream between them (likely cache misses: each op starts cold after a product).
 Greedy decoding (top_k=1 too) is an argmax, and a top-k draw samples among k ids: a draw over the
 whole vocabulary took ~1 ms.
-tests/test_generate.py checks the logits of every step bit for bit, greedy and sampled, batched,
-across block_size, char and BPE vocabularies, on one thread and on all.
+tests/test_generate.py checks the logits of every step bit for bit (those a screened step keeps),
+greedy and sampled, batched, across block_size, char and BPE vocabularies, on one thread and on all.
 """
 
 import ctypes
