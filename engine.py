@@ -122,7 +122,7 @@ class KVCache:
         self.pos = 0  # position of the first token of the forward pass in progress; set by the caller
         self.mask = None  # (T, pos + T): -inf at the keys each query must not see, else 0; set at layer 0
         self.packed = {}  # layer -> its weight in oneDNN's layout (see pack)
-        self.screen = None  # (the head's table in float16, each row's norm): see greedy_logits
+        self.screen = None  # (the head's table in float16, its longest row's norm): see greedy_logits
 
     def store(self, layer, k, v):
         """Write this pass's keys/values (B, n_head, T, hs) at pos..pos+T-1 and return views of all
