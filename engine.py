@@ -143,12 +143,13 @@ class KVCache:
         greedy: greedy decoding of one row; also make the float16 copy of the head's table that
         greedy_logits screens with (with more rows the float16 product is slower than the table)."""
         w = model.lm_head.weight
-        if greedy and SCREEN_OK and w.is_cpu and w.dtype == torch.float32 and w.size(0) >= SCREEN_FROM \
-                and w.size(1) <= 20480 and model.lm_head.bias is None and not torch.is_autocast_enabled("cpu"):
+        plain = w.is_cpu and w.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+        if plain and greedy and SCREEN_OK and w.size(0) >= SCREEN_FROM and w.size(1) <= 20480 \
+                and model.lm_head.bias is None:
             top_norm = w.detach().norm(dim=1).max().item()  # bounds every weight too; nan if one is
             if top_norm < 65504:  # else a weight may be beyond float16's range: no screen
                 self.screen = w.detach().half(), top_norm
-        if ONEDNN and w.is_cpu and w.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+        if ONEDNN and plain:
             for layer in model.transformer.h.modules():
                 if isinstance(layer, torch.nn.Linear):
                     self.packed[layer] = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), PACK_HINT)
@@ -206,18 +207,17 @@ class KVCache:
         tops, x_norm = tops.tolist(), x.norm().item()
         slack = 2**-8 * x_norm * top_norm + 2**-24 * (x.size(1)**0.5 * (x_norm + top_norm) + 1)
         cut = max(tops) - 2 * slack
-        need = [j for j, top in enumerate(tops) if top >= cut]
         if not math.isfinite(cut) or any(top != top or top == math.inf for top in tops):
             return self.logits(lm_head, x)  # x, or a logit, beyond float16's range
+        need = [j for j, top in enumerate(tops) if top >= cut]
         if 8 * len(need) > n:  # the screen and the slabs would cost about as much as the table
             self.screen = None
             return self.logits(lm_head, x)
         out = x.new_full((1, V), float("-inf"))
-        for j in need:
+        for j in {j if j == n else min(j, n - 2) for j in need}:  # each pair once: slabs j, j+1
             if j == n:
                 out[:, n * rows:] = F.linear(x, w[n * rows:])
                 continue
-            j = min(j, n - 2)
             pair = torch.bmm(w[j * rows:(j + 2) * rows].view(2, rows, -1), x.t().expand(2, -1, -1))
             out[:, j * rows:(j + 2) * rows] = pair.view(2 * rows, -1).t()
         return out
