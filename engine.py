@@ -148,7 +148,9 @@ class KVCache:
                 and model.lm_head.bias is None:
             top_norm = w.detach().norm(dim=1).max().item()  # bounds every weight too; nan if one is
             if top_norm < 65504:  # else a weight may be beyond float16's range: no screen
-                self.screen = w.detach().half(), top_norm
+                n, rows = self.slabs(w.size(0))  # the approximations' buffer: n + 1 whole slabs
+                approx = torch.full((1, (n + 1) * rows), float("-inf"), dtype=torch.half)
+                self.screen = w.detach().half(), top_norm, approx
         if ONEDNN and plain:
             for layer in model.transformer.h.modules():
                 if isinstance(layer, torch.nn.Linear):
@@ -156,7 +158,7 @@ class KVCache:
             if hasattr(torch.ops.mkldnn, "data_ptr"):  # once all are placed: only then are their pages whole
                 for packed in self.packed.values():
                     huge_pages(torch.ops.mkldnn.data_ptr(packed), torch.ops.mkldnn._nbytes(packed))
-        if w.is_cpu:  # the head's table streams from memory every token too
+        if w.is_cpu and self.screen is None:  # the head's table streams every token too (screened: its copy)
             huge_pages(w.data_ptr(), w.nbytes)
 
     def linear(self, layer, x):
@@ -191,20 +193,18 @@ class KVCache:
         (3u + 2C * 2**-24) |x| |w_r| + 2**-25 (|x|_1 + |w_r|_1 + 1) of the exact one, C being the
         width; `slack` is more than that for every r while C <= 20480. A slab whose largest
         approximation is more than twice that below the top one can hold neither the largest logit
-        nor a tie. The others run exactly, each with a neighbour as a 2-slab product: the same bits
-        as in the full product (tests check it). Where too many are left to gain (a near tie across
+        nor a tie. The others run exactly, each as a batch of two copies of itself: the same bits as in
+        the full product (tests check it). Where too many are left to gain (a near tie across
         the vocabulary), the screen is switched off for the rest of the call."""
         if self.screen is None:
             return self.logits(lm_head, x)
-        half, top_norm = self.screen
+        half, top_norm, approx = self.screen
         w, V, (n, rows) = lm_head.weight, lm_head.weight.size(0), self.slabs(lm_head.weight.size(0))
-        approx = F.linear(x.half(), half)[0]
-        if vocab_limit is not None:
-            approx[vocab_limit:] = float("-inf")
-        tops = approx[:n * rows].view(n, rows).amax(dim=1)
-        if n * rows < V:  # the remainder rows count as slab n
-            tops = torch.cat((tops, approx[n * rows:].amax(dim=0, keepdim=True)))
-        tops, x_norm = tops.tolist(), x.norm().item()
+        x_norm = x.norm().item()
+        torch.mm(x.half(), half.t(), out=approx[:, :V])  # past V: -inf, so the remainder is slab n
+        if vocab_limit is not None and vocab_limit < V:
+            approx[:, vocab_limit:V] = float("-inf")
+        tops = approx.view(n + 1, rows).amax(dim=1).tolist()
         slack = 2**-8 * x_norm * top_norm + 2**-24 * (x.size(1)**0.5 * (x_norm + top_norm) + 1)
         cut = max(tops) - 2 * slack
         if not math.isfinite(cut) or any(top != top or top == math.inf for top in tops):
@@ -214,12 +214,12 @@ class KVCache:
             self.screen = None
             return self.logits(lm_head, x)
         out = x.new_full((1, V), float("-inf"))
-        for j in {j if j == n else min(j, n - 2) for j in need}:  # each pair once: slabs j, j+1
+        for j in need:
             if j == n:
                 out[:, n * rows:] = F.linear(x, w[n * rows:])
-                continue
-            pair = torch.bmm(w[j * rows:(j + 2) * rows].view(2, rows, -1), x.t().expand(2, -1, -1))
-            out[:, j * rows:(j + 2) * rows] = pair.view(2 * rows, -1).t()
+            else:  # twice in one batch: a batch of one runs another kernel, with other bits
+                slab = w[j * rows:(j + 1) * rows].expand(2, rows, -1)
+                out[:, j * rows:(j + 1) * rows] = torch.bmm(slab, x.t().expand(2, -1, -1))[0].t()
         return out
 
 
