@@ -39,7 +39,8 @@ took ~2.1-2.3 ms, about a plain read of the table (one product over the whole ta
 oneDNN, ~3.2 ms in MKL on a transposed copy, ~7.7 ms on the table as stored); screened in float16
 for greedy decoding, ~1.6 ms, recomputing 2 slabs of 508 rows at most steps and 8 at the most.
 The blocks and the table read from 2 MB pages (huge_pages): alternating runs in one process gave
-6.30 ms per token with them, 6.71 without (before the screen).
+6.30 ms per token with them, 6.71 without (before the screen). A screened call leaves the table's
+pages alone (it reads the float16 copy): moving them took ~190 ms in a fresh process.
 The other ~2-2.5 ms: attention over the cached keys (~0.8-0.95 ms at this run's average of 272 keys,
 growing with the context) and ~200 small eager ops on 4-row tensors; they take about half as long
 when no weights stream between them (likely cache misses: each op starts cold after a product).
