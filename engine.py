@@ -123,20 +123,20 @@ class KVCache:
         self.pos = 0  # position of the first token of the forward pass in progress; set by the caller
         self.mask = None  # (T, pos + T): -inf at the keys each query must not see, else 0; set at layer 0
         self.packed = {}  # layer -> its weight in oneDNN's layout (see pack)
-        self.screen = None  # (the head's table in float16, its longest row's norm): see greedy_logits
+        self.screen = None  # (the head's table in float16, its longest row's norm, a buffer): greedy_logits
 
     def store(self, layer, k, v):
         """Write this pass's keys/values (B, n_head, T, hs) at pos..pos+T-1 and return views of all
         positions 0..pos+T-1."""
-        if self.k is None:
-            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
-            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
-        end = self.pos + k.size(2)
+        if self.k is None:  # one buffer each, seen as a view per layer
+            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype).unbind(0)
+            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype).unbind(0)
+        T, end = k.size(2), self.pos + k.size(2)
         if layer == 0:
-            self.mask = torch.full((k.size(2), end), float("-inf"), device=k.device, dtype=k.dtype).triu_(self.pos + 1)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+            self.mask = torch.full((T, end), float("-inf"), device=k.device, dtype=k.dtype).triu_(self.pos + 1)
+        self.k[layer].narrow(2, self.pos, T).copy_(k)
+        self.v[layer].narrow(2, self.pos, T).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def pack(self, model, greedy=False):
         """On CPU in float32, reorder the weights of every block's linear layers into oneDNN's layout
