@@ -115,6 +115,15 @@ def main(argv):
         raise UserError(f"unknown mode '{cfg['mode']}': use train or generate")
     if cfg["steps"] < 1 or cfg["burnin"] < 0:
         raise UserError("steps must be >= 1 and burnin >= 0")
+    for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd"):
+        if cfg[key] < 1:
+            raise UserError(f"{key}={cfg[key]} must be at least 1")
+    if cfg["n_embd"] % cfg["n_head"]:
+        raise UserError(f"n_embd={cfg['n_embd']} must be divisible by n_head={cfg['n_head']}")
+    if not 0 <= cfg["dropout"] < 1:
+        raise UserError(f"dropout={cfg['dropout']} must be in [0, 1)")
+    if not 0 <= cfg["seed"] < 2 ** 62:
+        raise UserError(f"seed={cfg['seed']} must be in [0, 2**62)")
     device = resolve_device(cfg["device"])
     dtype = resolve_dtype(cfg["dtype"], device)
     if cfg["mode"] == "generate":
@@ -125,7 +134,10 @@ def main(argv):
     torch.backends.cudnn.allow_tf32 = True
     B, T = cfg["batch_size"], cfg["block_size"]
     if cfg["real_data"]:  # train.bin, or the train shards of a sharded dataset (fineweb_edu)
-        paths = split_files(os.path.join(cfg["data_dir"], cfg["dataset"]), cfg["dataset"])["train"]
+        try:
+            paths = split_files(os.path.join(cfg["data_dir"], cfg["dataset"]), cfg["dataset"])["train"]
+        except UserError as e:
+            raise UserError(f"{e}; or time random tokens with --real_data=False") from None
         batches, generator = Batches(paths, B, T, device), torch.Generator().manual_seed(cfg["seed"])
         get_batch = lambda: batches.get(batches.random_starts(generator))  # noqa: E731
     else:

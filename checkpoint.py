@@ -15,45 +15,57 @@ import re
 import numpy as np
 import torch
 
-from configurator import UserError
+from configurator import UserError, read_utf8
+from lifetime import atomic_write
 from model import GPT, GPTConfig
 
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
 
 def save_checkpoint(ckpt, path):
-    """Write to a temporary file beside path, flush it to disk, then rename it over path:
-    a crash mid-write leaves the previous checkpoint whole (and only a stray .tmp file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself survive a power cut
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Write ckpt whole or not at all (lifetime.atomic_write): a crash or a full disk mid-write leaves the
+    previous checkpoint as it was."""
+    size = sum(t.nbytes for t in _tensors(ckpt))
+    atomic_write(path, lambda f: torch.save(ckpt, f), size_hint=size)
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+SNAPSHOT = re.compile(r"ckpt_(\d{7,})\.pt")  # exactly the names snapshot_path writes
 
 
 def snapshot_path(out_dir, iter_num):
     return os.path.join(out_dir, f"ckpt_{iter_num:07d}.pt")
 
 
+def snapshots(out_dir):
+    """{iteration: path} of the ckpt_NNNNNNN.pt snapshots in out_dir (a user's ckpt_1.pt is not one)."""
+    found = {}
+    for path in glob.glob(os.path.join(glob.escape(out_dir), "ckpt_*.pt")):
+        match = SNAPSHOT.fullmatch(os.path.basename(path))
+        if match and os.path.isfile(path):
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
 def checkpoint_files(out_dir):
-    """The checkpoints in out_dir: ckpt.pt, best.pt and the ckpt_NNNNNNN.pt snapshots."""
+    """The checkpoints in out_dir: ckpt.pt, best.pt and the snapshots, oldest snapshot first."""
     names = [os.path.join(out_dir, n) for n in ("ckpt.pt", "best.pt")]
-    snapshots = [p for p in glob.glob(os.path.join(out_dir, "ckpt_*.pt"))
-                 if re.fullmatch(r"ckpt_\d+\.pt", os.path.basename(p))]
-    return [p for p in names if os.path.isfile(p)] + sorted(snapshots)
+    return [p for p in names if os.path.isfile(p)] + list(snapshots(out_dir).values())
 
 
 def prune_snapshots(out_dir, keep, protected, log):
-    """Delete all but the newest `keep` snapshots, sparing the iterations in `protected`."""
-    snapshots = [p for p in checkpoint_files(out_dir) if os.path.basename(p).startswith("ckpt_")]
-    periodic = [p for p in snapshots if int(os.path.basename(p)[5:-3]) not in protected]
+    """Delete all but the `keep` snapshots of the highest iterations, sparing the iterations in `protected`."""
+    periodic = [path for it, path in snapshots(out_dir).items() if it not in protected]
     for path in periodic[:max(0, len(periodic) - keep)]:
         log(f"removing {path} (keep_last={keep})")
         os.remove(path)
@@ -100,8 +112,15 @@ def load_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         missing = [k for k in ("model", "model_args") if k not in ckpt]
     except Exception as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:  # a pickled object that would run code on load: torch.load(weights_only=True) refused it
+            raise UserError(f"checkpoint {path} holds a Python object ({found.group(1)}), not only tensors and "
+                            "plain values; loading it could run code, so it was refused. The file was left "
+                            "as it is.") from None
         raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}); "
                         "it may be truncated or corrupted. The file was left as it is.") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a GPT checkpoint")
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: not a GPT checkpoint")
     ckpt["model"] = strip_wrapper_prefixes(ckpt["model"])
@@ -130,8 +149,7 @@ def load_vocab(folder):
     Reads our meta.json, else nanoGPT's meta.pkl (plain dicts only: nothing in it is executed)."""
     json_path, pkl_path = os.path.join(folder, "meta.json"), os.path.join(folder, "meta.pkl")
     if os.path.isfile(json_path):
-        with open(json_path) as f:
-            return json.load(f)
+        return read_meta_json(json_path, folder)
     if os.path.isfile(pkl_path):
         try:
             with open(pkl_path, "rb") as f:
@@ -141,6 +159,30 @@ def load_vocab(folder):
         except Exception as e:
             raise UserError(f"{pkl_path} is not a nanoGPT vocabulary file ({e})") from None
     return None
+
+
+def read_meta_json(path, folder):
+    """meta.json checked for what train.py and sample.py use; anything else is one line naming the fix."""
+    script = os.path.join(folder, "prepare.py")
+    fix = f"python {script}" if os.path.isfile(script) else "data/prepare_text.py (--force=True replaces it)"
+    try:
+        meta = json.loads(read_utf8(path, "vocabulary file"))
+        problem = None
+    except ValueError as e:
+        problem = f"not valid JSON: {e}"
+    if problem is None:
+        size, itos = meta.get("vocab_size") if isinstance(meta, dict) else None, meta.get("itos") \
+            if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or type(size) is not int or not 0 < size <= 2 ** 16:
+            problem = "it needs a 'vocab_size' between 1 and 65536"
+        elif "itos" in meta and not (isinstance(itos, list) and len(itos) == size
+                                     and all(isinstance(c, str) for c in itos)):
+            problem = "its 'itos' must be a list of vocab_size strings"
+        elif "itos" not in meta and meta.get("tokenizer") != "gpt2":
+            problem = "it needs 'itos' (a character vocabulary) or \"tokenizer\": \"gpt2\""
+    if problem:
+        raise UserError(f"{path} is not a usable vocabulary file ({problem}); rewrite it with {fix}")
+    return meta
 
 
 def rng_state():
@@ -173,24 +215,30 @@ def append_jsonl(path, record):
 def read_jsonl(path):
     """The JSON records of a log file, in order, skipping a last line cut short by a crash."""
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(record, dict) and isinstance(record.get("iter"), int):
+                records.append(record)
     return records
 
 
 def start_metrics_log(path, resume_iter=None):
-    """Empty log.jsonl for a new run. A resumed run keeps the records its checkpoint had seen: evals up
-    to resume_iter, steps before it (a crashed run's later records would be repeated)."""
-    keep = []
-    if resume_iter is not None and os.path.exists(path):
-        keep = [r for r in read_jsonl(path)
-                if r["iter"] < resume_iter or (r["iter"] == resume_iter and r["kind"] == "eval")]
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
+    """Check log.jsonl before a run appends to it. A new run never takes over another run's log. A resumed
+    run keeps the records its checkpoint had seen, evals up to resume_iter and steps before it (a crashed
+    run's later records would be repeated): the kept ones are written to a new file renamed over the old."""
+    if not os.path.exists(path):
+        return
+    if resume_iter is None:
+        raise UserError(f"{path} holds another run's log (a run that stopped before its first checkpoint?); "
+                        "move it away or choose another --out_dir")
+    records = read_jsonl(path)
+    keep = [r for r in records if r["iter"] < resume_iter or (r["iter"] == resume_iter and r.get("kind") == "eval")]
+    if keep != records or os.path.getsize(path) != sum(len(json.dumps(r)) + 1 for r in records):
+        atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
 
 
 def check_vocab(model_vocab, data_vocab, vocab_size, dataset):

@@ -9,6 +9,7 @@ is an error naming the key and its closest valid spellings, never a silently ign
 """
 import ast
 import difflib
+import errno
 import os
 import sys
 import types
@@ -18,13 +19,72 @@ class UserError(Exception):
     """A mistake the user can fix. Scripts print it as one `error: ...` line and exit non-zero."""
 
 
+# failures of the machine, not of our code: a full disk, a folder the user can't write, a read-only mount
+WORLD_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def run_main(main):
-    """Call main(), turning a UserError into a one-line message and exit status 2."""
+    """Return main(), turning a UserError (or a full disk, a denied write) into one `error: ...` line and
+    exit status 2, and Ctrl-C into one line and status 130. Under torchrun every process stops alike, so
+    only rank 0 prints."""
+    def say(line):
+        if os.environ.get("RANK", "0") == "0":
+            print(line, file=sys.stderr)
     try:
-        main()
+        return main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}")
         sys.exit(2)
+    except KeyboardInterrupt:
+        say("interrupted (Ctrl-C); files are written whole or not at all, so nothing was left half-written")
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. `python sample.py | head`: the reader went away, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in WORLD_ERRNOS:
+            raise
+        say(f"error: {e.strerror}" + (f": {e.filename}" if e.filename else ""))
+        sys.exit(2)
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE. Its two files are downloaded once and cached; offline, that is one line."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' ConnectionError and the like: tiktoken tries the download once
+        raise UserError(f"could not load GPT-2's BPE files ({type(e).__name__}): tiktoken downloads vocab.bpe and "
+                        "encoder.json once, then reads them from TIKTOKEN_CACHE_DIR; connect once, or copy them "
+                        "there from a machine that has them") from None
+
+
+def hub_problem():
+    """Why the Hugging Face hub can't be reached from here, or None. One quick check: offline, the hub's
+    clients would retry for ~25 s before failing."""
+    import socket
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy may reach what this machine can't: let the client try
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0].split(":")[0]
+    try:
+        socket.create_connection((host, 443), timeout=10).close()
+    except OSError as e:
+        return f"{host} can't be reached: {e}"
+    return None
+
+
+def read_utf8(path, what="file"):
+    """The text of a UTF-8 file (newlines as written); a missing or non-UTF-8 file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} '{path}' not found")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _unknown_key(key, defaults, where):
@@ -33,9 +93,9 @@ def _unknown_key(key, defaults, where):
     return UserError(f"unknown config key '{key}' {where}{hint}")
 
 
-def _coerce(key, value, default, where):
-    """Check that value fits the type of the default; int -> float is allowed."""
-    if default is None or type(value) is type(default):
+def _coerce(key, value, default, where, optional=()):
+    """Check that value fits the type of the default; int -> float is allowed, None for optional keys."""
+    if default is None or type(value) is type(default) or (value is None and key in optional):
         return value
     if isinstance(default, float) and type(value) is int:
         return float(value)
@@ -59,8 +119,7 @@ def read_config_file(path):
     """Run a config file in its own namespace and return the settings it assigns."""
     if not os.path.isfile(path):
         raise UserError(f"config file '{path}' not found (config files go before --key=value overrides)")
-    with open(path) as f:
-        source = f.read()
+    source = read_utf8(path, "config file")
     namespace = {}
     try:
         exec(compile(source, path, "exec"), namespace)
@@ -71,16 +130,19 @@ def read_config_file(path):
     return {k: v for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, ignored)}
 
 
-def load_config(defaults, argv):
-    """Return a new dict: the defaults updated by each config file and --key=value, left to right."""
+def load_config(defaults, argv, optional=(), given=None):
+    """Return a new dict: the defaults updated by each config file and --key=value, left to right.
+    Keys in `optional` may also be None; the keys the user set are added to the set `given`, if any."""
     cfg = dict(defaults)
+    given = set() if given is None else given
     for arg in argv:
         if not arg.startswith("--"):
             for key, value in read_config_file(arg).items():
                 where = f"in {arg}"
                 if key not in defaults:
                     raise _unknown_key(key, defaults, where)
-                cfg[key] = _coerce(key, value, defaults[key], where)
+                cfg[key] = _coerce(key, value, defaults[key], where, optional)
+                given.add(key)
             continue
         key, eq, text = arg[2:].partition("=")
         if not eq:
@@ -90,5 +152,6 @@ def load_config(defaults, argv):
         value = parse_value(text)
         if isinstance(defaults[key], str) and not isinstance(value, str):
             value = text  # a string key keeps exactly what was typed, e.g. --wandb_run_name=123
-        cfg[key] = _coerce(key, value, defaults[key], "on the command line")
+        cfg[key] = _coerce(key, value, defaults[key], "on the command line", optional)
+        given.add(key)
     return cfg

@@ -17,6 +17,7 @@ class Batches:
     def __init__(self, paths, batch_size, block_size, device):
         self.paths = [paths] if isinstance(paths, str) else list(paths)
         self.batch_size, self.block_size, self.device = batch_size, block_size, device
+        self.vocab_size = None  # set it to have every batch checked for ids the model has no embedding for
         sizes = [os.path.getsize(p) for p in self.paths]
         for path, size in zip(self.paths, sizes):
             if size % 2:
@@ -38,6 +39,11 @@ class Batches:
         for i in np.unique(file):
             data, rows = np.memmap(self.paths[i], dtype=np.uint16, mode="r"), file == i
             tokens[rows] = data[index[rows] - self.bounds[i]]
+        if self.vocab_size and tokens.max() >= self.vocab_size:  # on a GPU it would be a device-side assert
+            worst = max(np.unique(file), key=lambda i: tokens[file == i].max())
+            raise UserError(f"{self.paths[worst]} holds token id {tokens[file == worst].max()}, but the model's "
+                            f"vocab_size is {self.vocab_size}: the data was prepared with another tokenizer or is "
+                            "damaged; prepare it again")
         rows = torch.from_numpy(tokens)
         x, y = rows[:, :-1], rows[:, 1:]
         if self.device.startswith("cuda"):  # pinned memory lets the copy overlap the compute
@@ -82,8 +88,16 @@ def split_files(folder, dataset):
         return {s: [path] for s, path in single.items()}
     if has_shards:
         return shards
+    missing = [os.path.basename(p) for p in single.values() if not os.path.isfile(p)]
+    if len(missing) == 1:
+        raise UserError(f"{single['train' if missing[0] == 'train.bin' else 'val']} is missing (the dataset folder "
+                        f"{folder} has only {'val' if missing[0] == 'train.bin' else 'train'}.bin); prepare the "
+                        "dataset again")
+    script = os.path.join(folder, "prepare.py")
+    how = f"run python {script} first" if os.path.isfile(script) else \
+        f"make it with python data/prepare_text.py --input=YOUR.txt --out_dir={folder}"
     raise UserError(f"dataset '{dataset}' not found: {folder} needs train.bin and val.bin, or shards named "
-                    f"*_train_*.bin and *_val_*.bin; run python data/{dataset}/prepare.py first (or set --data_dir)")
+                    f"*_train_*.bin and *_val_*.bin; {how} (or set --data_dir)")
 
 
 def open_splits(folder, dataset, batch_size, block_size, device):

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configurator import UserError, load_config, run_main
+from configurator import UserError, gpt2_encoding, load_config, read_utf8, run_main
+from lifetime import atomic_write
 from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed, teardown_distributed
 from sample import load_model_and_tokenizer
 
@@ -37,6 +38,7 @@ DEFAULTS = dict(
     block_size=0,          # perplexity: window length in tokens (0: the model's block_size)
     stride=0,              # perplexity: tokens the window advances (0: block_size); smaller = more context, slower
     export_dir="",         # export_hf: the folder to write (default: out_dir/hf)
+    force=False,           # export_hf: write into a folder that already holds files (replacing ours there)
     backend="auto",        # distributed backend under torchrun: 'nccl' on CUDA, 'gloo' on CPU when 'auto'
     device="auto",         # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",          # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
@@ -72,25 +74,24 @@ def hellaswag_file(data_path, data_dir, url=HELLASWAG_URL):
 def read_hellaswag(path, limit=0):
     """Items {'ctx', 'endings', 'label'} from HellaSwag's jsonl format (ctx, or ctx_a + ctx_b)."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ctx = row["ctx"] if "ctx" in row else row["ctx_a"] + " " + row["ctx_b"]
-                endings, label = row["endings"], row["label"]
-                ok = (isinstance(ctx, str) and isinstance(endings, list) and len(endings) >= 2
-                      and all(isinstance(e, str) for e in endings) and isinstance(label, int)
-                      and 0 <= label < len(endings))
-            except (ValueError, KeyError, TypeError):
-                ok = False
-            if not ok:
-                raise UserError(f"{path} line {line_no} is not a labelled HellaSwag item: it needs 'ctx' (text), "
-                                "'endings' (a list of texts) and 'label' (the index of the right ending)")
-            items.append({"ctx": ctx, "endings": endings, "label": label})
-            if limit and len(items) == limit:
-                break
+    for line_no, line in enumerate(read_utf8(path, "HellaSwag file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ctx = row["ctx"] if "ctx" in row else row["ctx_a"] + " " + row["ctx_b"]
+            endings, label = row["endings"], row["label"]
+            ok = (isinstance(ctx, str) and isinstance(endings, list) and len(endings) >= 2
+                  and all(isinstance(e, str) for e in endings) and isinstance(label, int)
+                  and 0 <= label < len(endings))
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path} line {line_no} is not a labelled HellaSwag item: it needs 'ctx' (text), "
+                            "'endings' (a list of texts) and 'label' (the index of the right ending)")
+        items.append({"ctx": ctx, "endings": endings, "label": label})
+        if limit and len(items) == limit:
+            break
     if not items:
         raise UserError(f"{path} holds no HellaSwag items")
     return items
@@ -151,8 +152,7 @@ def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), ra
     acc counts items whose lowest summed loss is the labelled ending, acc_norm lowest mean loss per
     token. Rank r scores items r, r + world_size, ...; n, acc and acc_norm are totals over all ranks,
     'losses' maps this rank's item indices to their per-ending summed losses and token counts."""
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding()
     check_gpt2_vocab(model)
     was_training = model.training
     model.eval()
@@ -282,13 +282,20 @@ def hf_config(model):
     return config
 
 
-def export_hf(model, folder):
-    """Write model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors) into folder."""
-    from safetensors.torch import save_file
+def export_hf(model, folder, force=False):
+    """Write model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors) into folder, each
+    file whole or not at all. A folder that already holds anything is refused unless force."""
+    from safetensors.torch import save
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"export folder '{folder}' is a file; choose another --export_dir")
+    if os.path.isdir(folder) and os.listdir(folder) and not force:
+        raise UserError(f"export folder '{folder}' is not empty ({', '.join(sorted(os.listdir(folder))[:3])}); "
+                        "pass --force=True to write into it, or choose another --export_dir")
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(hf_config(model), f, indent=2)
-    save_file(hf_state_dict(model), os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    weights = save(hf_state_dict(model), metadata={"format": "pt"})
+    atomic_write(os.path.join(folder, "model.safetensors"), lambda f: f.write(weights), size_hint=len(weights))
+    config = json.dumps(hf_config(model), indent=2).encode()
+    atomic_write(os.path.join(folder, "config.json"), lambda f: f.write(config))  # last: marks the folder whole
 
 
 # ----------------------------------------------------------------------------- main
@@ -304,10 +311,11 @@ def main(argv):
     model, tok = load_model_and_tokenizer(cfg)
     if cfg["task"] == "export_hf":
         folder = cfg["export_dir"] or os.path.join(cfg["out_dir"], "hf")
-        export_hf(model, folder)
+        export_hf(model, folder, cfg["force"])
         print(f"wrote {folder}: load it with transformers.GPT2LMHeadModel.from_pretrained('{folder}')")
         if tok.itos is not None:
-            print("note: this model uses a character vocabulary, not GPT-2's tokenizer")
+            print(f"note: this model reads characters, not GPT-2's BPE: encode text with the model's own "
+                  f"{len(tok.itos)}-character vocabulary (the checkpoint's 'vocab'), not GPT2Tokenizer")
         return
 
     device = resolve_device(cfg["device"])
@@ -322,10 +330,7 @@ def main(argv):
         r = evaluate_hellaswag(model, items, device, cfg["batch_size"], ctx, rank, world_size, progress=rank == 0)
         log(f"hellaswag: {r['n']} items, acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f}")
     else:
-        if not os.path.isfile(cfg["data_path"]):
-            raise UserError(f"text file '{cfg['data_path']}' (from --data_path) not found")
-        with open(cfg["data_path"], encoding="utf-8", newline="") as f:  # keep the bytes as written
-            text = f.read()
+        text = read_utf8(cfg["data_path"], "text file (--data_path)")  # the bytes as written
         ids = tok.encode(text)
         window = cfg["block_size"] or model.config.block_size
         if window > model.config.block_size:

@@ -257,6 +257,28 @@ HF_NAMES = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gp
             "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
 
 
+def download_hf_gpt2(name):
+    """(folder, weights path) of GPT-2 from the Hugging Face hub: the local cache if it has it, else one
+    download attempt. Offline, that is one error at once (the hub client would retry for ~25 s)."""
+    from huggingface_hub import hf_hub_download
+    from configurator import hub_problem
+    repo = HF_NAMES[name]
+    try:
+        return os.path.dirname(hf_hub_download(repo, "config.json", local_files_only=True)), \
+            hf_hub_download(repo, "model.safetensors", local_files_only=True)
+    except Exception:
+        pass  # not cached yet
+    try:
+        problem = hub_problem()
+        if problem:
+            raise OSError(problem)
+        return os.path.dirname(hf_hub_download(repo, "config.json")), hf_hub_download(repo, "model.safetensors")
+    except Exception as e:  # offline, hub down, no disk space: say which and what to do instead
+        raise ValueError(f"could not download {name} from the Hugging Face hub ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:120]}); connect once (it is cached after), or pass a "
+                         "local directory holding a Hugging Face GPT-2 checkpoint") from None
+
+
 def load_hf_gpt2(name_or_path):
     """(config dict, state dict without the 'transformer.' prefix) of a Hugging Face GPT-2 checkpoint."""
     if os.path.isdir(name_or_path):
@@ -267,23 +289,24 @@ def load_hf_gpt2(name_or_path):
                              "and model.safetensors or pytorch_model.bin")
         weights = os.path.join(folder, files[0])
     elif name_or_path in HF_NAMES:
-        from huggingface_hub import hf_hub_download
-        repo = HF_NAMES[name_or_path]
-        try:
-            folder = os.path.dirname(hf_hub_download(repo, "config.json"))
-            weights = hf_hub_download(repo, "model.safetensors")
-        except Exception as e:  # offline, hub down, no disk space: say which and what to do instead
-            raise ValueError(f"could not download {name_or_path} from the Hugging Face hub ({type(e).__name__}); "
-                             "check the network, or pass a local directory holding the checkpoint") from None
+        folder, weights = download_hf_gpt2(name_or_path)
     else:
         raise ValueError(f"unknown model '{name_or_path}': use one of {', '.join(HF_NAMES)} "
                          "or a directory holding a Hugging Face GPT-2 checkpoint")
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    if weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        state = load_file(weights)
-    else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        if not all(isinstance(config.get(k), int) for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")):
+            raise ValueError("it lacks an integer n_positions, vocab_size, n_layer, n_head or n_embd")
+        path = weights
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # bad JSON, not UTF-8, a truncated or foreign weights file
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"{path} could not be read as part of a GPT-2 checkpoint ({type(e).__name__}: {reason})") from None
     state = {k.removeprefix("transformer."): v for k, v in state.items()}
     return config, {"transformer." + k: v for k, v in state.items() if not k.startswith("lm_head")}

@@ -142,6 +142,20 @@ def setup_distributed(backend, device):
     return rank, local_rank, world_size, device
 
 
+def agree(value, world_size, device="cpu", any_rank=False):
+    """The same value on every process: rank 0's (a decision made from its disk), or with any_rank the
+    largest of all ranks' ints, 0 standing for None (e.g. a signal that reached some processes only)."""
+    if world_size == 1:
+        return value
+    if any_rank:
+        t = torch.tensor(value or 0, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+    box = [value]
+    torch.distributed.broadcast_object_list(box)
+    return box[0]
+
+
 def teardown_distributed():
     """Leave the process group, if any, once every process is done; call it after main() returned.
     The barrier lets a process that finished first wait (say while rank 0 writes a checkpoint). DDP

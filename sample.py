@@ -15,7 +15,7 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint, load_vocab, model_from_checkpoint
-from configurator import UserError, load_config, run_main
+from configurator import UserError, gpt2_encoding, load_config, read_utf8, run_main
 from model import GPT, HF_NAMES
 from engine import compile_step, stream
 from runtime import autocast, resolve_device, resolve_dtype
@@ -48,8 +48,7 @@ class Tokenizer:
             self.itos, self.stoi = list(itos), {ch: i for i, ch in enumerate(itos)}
             self.n_vocab = len(self.itos)
         else:
-            import tiktoken
-            self.bpe = tiktoken.get_encoding("gpt2")
+            self.bpe = gpt2_encoding()
             self.n_vocab = self.bpe.n_vocab
             self.itos = None
 
@@ -89,11 +88,7 @@ def load_model_and_tokenizer(cfg):
 def read_prompt(start):
     if not start.startswith("FILE:"):
         return start
-    path = start[len("FILE:"):]
-    if not os.path.isfile(path):
-        raise UserError(f"prompt file '{path}' (from --start=FILE:...) not found")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    return read_utf8(start[len("FILE:"):], "prompt file (from --start=FILE:...)")
 
 
 class TextStream:
@@ -139,10 +134,14 @@ def complete(model, tok, text, cfg, generator, step_fn, device, out=sys.stdout):
 
 
 def main(argv):
-    cfg = load_config(DEFAULTS, argv)
+    cfg = load_config(DEFAULTS, argv, optional=("top_k",))
+    if cfg["top_k"] is not None and cfg["top_k"] < 0:
+        raise UserError(f"top_k must be >= 0, or 0/None for no limit, got {cfg['top_k']}")
+    if not 0 <= cfg["seed"] < 2 ** 62:
+        raise UserError(f"seed={cfg['seed']} must be in [0, 2**62)")
     if cfg["max_new_tokens"] < 0 or cfg["num_samples"] < 1:
         raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
-    if cfg["temperature"] < 0:
+    if not 0 <= cfg["temperature"] < float("inf"):
         raise UserError(f"temperature must be >= 0 (0 is greedy), got {cfg['temperature']}")
     if not 0 < cfg["top_p"] <= 1:
         raise UserError(f"top_p must be in (0, 1] (1.0 turns nucleus sampling off), got {cfg['top_p']}")

@@ -7,6 +7,7 @@ Config files and --key=value overrides set the values in DEFAULTS below (see con
 The story, top to bottom: settings, devices, data, model, optimizer, then the loop, which
 evaluates every eval_interval steps and always at the last one, saving ckpt.pt in out_dir.
 """
+import atexit
 import math
 import os
 import sys
@@ -23,8 +24,9 @@ from checkpoint import (MODEL_ARGS, append_jsonl, check_vocab, checkpoint_files,
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
+from lifetime import RunLock, StopSignals
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
-from runtime import (autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
+from runtime import (agree, autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
                      shard_model, shard_optimizer_state, teardown_distributed)
 
 DEFAULTS = dict(
@@ -108,9 +110,24 @@ def check_settings(cfg):
                 "eval_iters"):
         if cfg[key] < 1:
             raise UserError(f"{key}={cfg[key]} must be at least 1")
-    for key in ("max_iters", "save_interval", "keep_last", "warmup_iters"):
+    for key in ("max_iters", "save_interval", "keep_last", "warmup_iters", "lr_decay_iters", "hellaswag_limit"):
         if cfg[key] < 0:
             raise UserError(f"{key}={cfg[key]} must not be negative")
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        if not 0 <= cfg[key] < math.inf:  # a negative grad_clip would silently climb the loss
+            raise UserError(f"{key}={cfg[key]} must be a finite number >= 0")
+    for key in ("beta1", "beta2"):
+        if not 0 <= cfg[key] < 1:
+            raise UserError(f"{key}={cfg[key]} must be in [0, 1)")
+    if not 0 <= cfg["seed"] < 2 ** 62:
+        raise UserError(f"seed={cfg['seed']} must be in [0, 2**62)")
+    if not cfg["out_dir"]:
+        raise UserError("out_dir is empty: name the folder for checkpoints, e.g. --out_dir=out")
+    if cfg["wandb_log"]:
+        try:
+            import wandb  # noqa: F401  (imported here, before any work, only to say if it is missing)
+        except ImportError:
+            raise UserError("wandb_log=True needs the wandb package: pip install wandb (or pass --wandb_log=False)") from None
     if cfg["n_embd"] % cfg["n_head"]:
         raise UserError(f"n_embd={cfg['n_embd']} must be divisible by n_head={cfg['n_head']}")
     if not 0 <= cfg["dropout"] < 1:
@@ -122,6 +139,18 @@ def check_settings(cfg):
 def peak_memory(device):
     """Bytes of the largest CUDA allocation total since the last reset; None on other devices."""
     return torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None
+
+
+def adopt_model_shape(cfg, given, config, source):
+    """A loaded model (resumed, or GPT-2's) keeps its shape: a shape the user set that differs is an error;
+    the keys the user left alone take the model's values, so the config saved with it tells the truth."""
+    for key in ("n_layer", "n_head", "n_embd", "bias", "block_size"):
+        ours = getattr(config, key)
+        if key in given and cfg[key] != ours and not (key == "block_size" and cfg[key] < ours):
+            raise UserError(f"--{key}={cfg[key]} conflicts with {source}, whose {key} is {ours}; "
+                            f"drop the setting (or start a new run with --init_from=scratch)")
+        if key not in given:
+            cfg[key] = ours
 
 
 def init_model(cfg, vocab, log):
@@ -150,12 +179,14 @@ def init_model(cfg, vocab, log):
 
 
 def main(argv):
-    cfg = load_config(DEFAULTS, argv)
+    given = set()
+    cfg = load_config(DEFAULTS, argv, given=given)
     check_settings(cfg)
     device = resolve_device(cfg["device"])
     rank, local_rank, world_size, device = setup_distributed(cfg["backend"], device)
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
+    stop = StopSignals(announce=master)  # Ctrl-C, SIGTERM, SIGUSR1: save at the end of the step, then exit
     dtype = resolve_dtype(cfg["dtype"], device)
     device_type = device.split(":")[0]
 
@@ -186,7 +217,14 @@ def main(argv):
 
     vocab = load_vocab(data_folder)
 
-    # Nothing is written to out_dir until the first save, and a new run never replaces an old one's files.
+    # One run per out_dir (a second job there refuses to start), and a new run never replaces an old one's
+    # files. If this run ends before writing anything, out_dir is left as it found it.
+    lock = RunLock(cfg["out_dir"]) if master and not cfg["eval_only"] else None
+    problem = agree(lock.acquire() if lock else None, world_size)
+    if lock:
+        atexit.register(lock.release)
+    if problem:
+        raise UserError(problem)
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     existing = checkpoint_files(cfg["out_dir"])
     if cfg["init_from"] != "resume" and not cfg["eval_only"] and existing:
@@ -194,6 +232,10 @@ def main(argv):
                         "--init_from=resume, or choose another --out_dir (or move the file away)")
     model, ckpt = init_model(cfg, vocab, log)
     resumed = ckpt is not None
+    if cfg["init_from"] != "scratch":
+        adopt_model_shape(cfg, given, model.config, ckpt_path if resumed else cfg["init_from"])
+    for batches in splits.values():  # ids past the embedding table are caught on the host, with the file named
+        batches.vocab_size = model.config.vocab_size
     model_vocab = ckpt.get("vocab") if resumed else (vocab if cfg["init_from"] == "scratch" else {"tokenizer": "gpt2"})
     check_vocab(model_vocab, vocab, model.config.vocab_size, cfg["dataset"])
     if cfg["block_size"] > model.config.block_size:
@@ -206,12 +248,13 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
                                            (cfg["beta1"], cfg["beta2"]), device_type)
-    iter_num, best_val_loss = 0, float("inf")
+    iter_num, best_val_loss, evaluated = 0, float("inf"), True
     if resumed:
         optimizer.load_state_dict(shard_optimizer_state(ckpt["optimizer"], optimizer) if fsdp else ckpt["optimizer"])
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss = ckpt.get("iter_num", 0), ckpt.get("best_val_loss", float("inf"))
+        evaluated = ckpt.get("evaluated", True)  # False when a signal stopped the run between evaluations
         if len(ckpt.get("rng", [])) == world_size:  # dropout continues exactly where it stopped
             set_rng_state(ckpt["rng"][rank])
         elif "rng" in ckpt:
@@ -238,14 +281,13 @@ def main(argv):
         hellaswag = load_hellaswag(cfg["hellaswag_path"], cfg["data_dir"], cfg["hellaswag_limit"], rank)
     metrics_path = os.path.join(cfg["out_dir"], "log.jsonl") if master and not cfg["eval_only"] else None
     if metrics_path:  # one JSON object per log line and per evaluation, for plot.py
-        os.makedirs(cfg["out_dir"], exist_ok=True)
         start_metrics_log(metrics_path, iter_num if resumed else None)
 
     if cfg["wandb_log"] and master:
         import wandb
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
-    def save(paths):
+    def save(paths, evaluated=True):
         """Write the run's whole state to each path. Every process takes part: rank 0 gathers their
         random states, so a resumed run redraws exactly the dropout noise it would have drawn."""
         states = [rng_state() for _ in range(world_size)]
@@ -262,15 +304,14 @@ def main(argv):
             save_checkpoint({"model": model_state, "optimizer": optim_state,
                              "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
                              "best_val_loss": best_val_loss, "config": cfg, "vocab": model_vocab,
-                             "rng": states}, path)
+                             "rng": states, "evaluated": evaluated}, path)
         if cfg["keep_last"] and any(os.path.basename(p).startswith("ckpt_") for p in paths):
             prune_snapshots(cfg["out_dir"], cfg["keep_last"], set(cfg["save_iters"]), log)
 
     start_iter = iter_num
-    have_ckpt = [os.path.exists(ckpt_path)]
-    if world_size > 1:  # every process must make the same save decisions: rank 0's disk decides
-        dist.broadcast_object_list(have_ckpt)
-    have_ckpt = have_ckpt[0]
+    have_ckpt = agree(os.path.exists(ckpt_path), world_size)  # the same save decisions everywhere: rank 0's disk
+    if start_iter > cfg["max_iters"]:
+        log(f"note: the checkpoint is at iteration {start_iter}, past max_iters={cfg['max_iters']}: nothing to do")
     x, y = train_batch(start_iter, 0)
     t_log, iters_since_log, logs_done = time.time(), 0, 0
     for iter_num in range(start_iter, cfg["max_iters"] + 1):
@@ -278,11 +319,18 @@ def main(argv):
         lr = get_lr(iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        signum = stop.signum if world_size == 1 else agree(stop.signum, world_size, device, any_rank=True)
+        if signum and iter_num > start_iter and not last_step:
+            path = ckpt_path if cfg["always_save_checkpoint"] else snapshot_path(cfg["out_dir"], iter_num)
+            save([path], evaluated=False)  # every process takes part, as in any save
+            log(f"stopped by {stop.name(signum)}: saved {path} at iteration {iter_num}; to continue, run the "
+                "same command with --init_from=resume")
+            return 128 + signum
 
         # A resumed run skips the evaluation its checkpoint was saved right after.
         paths = []
         if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
-                                                                   or last_step or cfg["eval_only"]):
+                                                                   or last_step or cfg["eval_only"] or not evaluated):
             losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size)
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             check_finite(losses, iter_num, ckpt_path)
@@ -309,7 +357,7 @@ def main(argv):
         if ((cfg["save_interval"] and iter_num % cfg["save_interval"] == 0) or iter_num in cfg["save_iters"]) \
                 and (iter_num > start_iter or not resumed):
             paths.append(snapshot_path(cfg["out_dir"], iter_num))
-        if paths and iter_num > 0 and not cfg["eval_only"]:
+        if paths and (iter_num > 0 or last_step) and not cfg["eval_only"]:
             save(paths)
             have_ckpt = have_ckpt or ckpt_path in paths
         if cfg["eval_only"] or last_step:
@@ -360,5 +408,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(sys.argv[1:]))
+    status = run_main(lambda: main(sys.argv[1:]))
     teardown_distributed()  # after main's models are gone (runtime.py)
+    sys.exit(status)  # 128 + the signal's number when a signal stopped the run after saving

@@ -5,6 +5,8 @@
 Writes train.bin and val.bin (flat uint16 token ids, no header; the last --val_fraction of the text
 is val) and meta.json: {"vocab_size": N, "itos": [the N distinct characters, sorted]} for char, or
 {"vocab_size": 50257, "tokenizer": "gpt2"} for GPT-2 BPE. Then train with --dataset=mytext.
+An existing dataset is replaced only with --force=True, and even then each file is written under a
+temporary name and renamed when whole, so a failure (full disk, Ctrl-C) leaves the old one as it was.
 The data/<name>/prepare.py scripts reuse the functions here.
 """
 import argparse
@@ -25,17 +27,43 @@ SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 # The repo's one convention for user mistakes: a one-line `error: ...` and exit status 2.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configurator import UserError as PrepareError, run_main  # noqa: E402,F401
+from configurator import UserError as PrepareError, gpt2_encoding, hub_problem, read_utf8, run_main  # noqa: E402,F401
+from lifetime import atomic_write  # noqa: E402
+
+DATASET_FILES = ("train.bin", "val.bin", "meta.json")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the repo's error convention (one `error: ...` line, exit 2), and --force if asked."""
+
+    def __init__(self, *args, force=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if force:
+            self.add_argument("--force", type=parse_bool, nargs="?", const=True, default=False,
+                              help="replace an existing dataset in --out_dir (default: refuse)")
+
+    def error(self, message):
+        raise PrepareError(f"{message} (see {self.prog} --help)")
+
+
+def parse_bool(text):
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return text.lower() == "true"
+
+
+def check_out_dir(out_dir, force, names=DATASET_FILES):
+    """Before any work: refuse to replace a dataset in out_dir unless force, and refuse a file as out_dir."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepareError(f"--out_dir '{out_dir}' is a file, not a folder")
+    existing = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
+    if existing and not force:
+        raise PrepareError(f"{out_dir} already holds a dataset ({', '.join(existing)}); pass --force=True to "
+                           "replace it, or choose another --out_dir")
 
 
 def read_text(path):
-    if not os.path.isfile(path):
-        raise PrepareError(f"input file '{path}' not found")
-    try:
-        with open(path, encoding="utf-8", newline="") as f:  # keep "\r\n" as written
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise PrepareError(f"input file '{path}' is not UTF-8 text ({e.reason} at byte {e.start})")
+    return read_utf8(path, "input file")  # newlines as written: "\r\n" stays
 
 
 def get_input_text(folder, url, explicit_path=None):
@@ -82,14 +110,15 @@ def local_files(pattern):
 
 
 def save_meta(out_dir, meta):
-    with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f)
+    atomic_write(os.path.join(out_dir, "meta.json"), lambda f: f.write(json.dumps(meta).encode()))
 
 
 def write_dataset(out_dir, train_ids, val_ids, meta):
+    """Each file is written whole under a temporary name first; meta.json, written last, marks the end."""
     os.makedirs(out_dir, exist_ok=True)
     for split, ids in (("train", train_ids), ("val", val_ids)):
-        np.asarray(ids, dtype=np.uint16).tofile(os.path.join(out_dir, f"{split}.bin"))
+        ids = np.asarray(ids, dtype=np.uint16)
+        atomic_write(os.path.join(out_dir, f"{split}.bin"), ids.tofile, size_hint=ids.nbytes)
     save_meta(out_dir, meta)
     print(f"vocab size {meta['vocab_size']}; train {len(train_ids):,} tokens, val {len(val_ids):,} tokens -> {out_dir}")
 
@@ -107,8 +136,7 @@ def write_char_dataset(text, out_dir, val_fraction=0.1):
 def encode_gpt2(text, chunk_chars=1 << 20):
     """GPT-2 BPE ids of text as uint16. It is encoded in chunks (for a progress bar) cut only at SAFE_CUT,
     so the ids equal those of encoding it whole."""
-    import tiktoken
-    enc, chunks, start = tiktoken.get_encoding("gpt2"), [], 0
+    enc, chunks, start = gpt2_encoding(), [], 0
     while start < len(text):
         cut = SAFE_CUT.search(text, start + chunk_chars)
         chunks.append(text[start:cut.end() if cut else len(text)])
@@ -128,21 +156,25 @@ WRITERS = {"char": write_char_dataset, "gpt2": write_bpe_dataset}
 
 def prepare_downloaded_text(description, url, tokenizer, default_out_dir):
     """The command line of a data/<name>/prepare.py whose dataset is one text file at url."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--input", help="local copy of the text (default: <out_dir>/input.txt, downloaded if missing)")
     parser.add_argument("--out_dir", default=default_out_dir, help="folder to write the dataset into (default: the script's)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="fraction of the text (at its end) kept for val")
     args = parser.parse_args()
+    check_out_dir(args.out_dir, args.force)
+    if not 0 < args.val_fraction < 1:  # reported before any download
+        split_point(0, args.val_fraction)
     WRITERS[tokenizer](get_input_text(args.out_dir, url, args.input), args.out_dir, args.val_fraction)
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Turn a UTF-8 text file into train.bin/val.bin/meta.json.")
+    parser = ArgumentParser(description="Turn a UTF-8 text file into train.bin/val.bin/meta.json.")
     parser.add_argument("--input", required=True, help="path of the text file")
     parser.add_argument("--out_dir", required=True, help="folder to write the dataset into, e.g. data/mytext")
     parser.add_argument("--tokenizer", choices=sorted(WRITERS), default="char", help="char-level or GPT-2 BPE")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="fraction of the text (at its end) kept for val")
     args = parser.parse_args()
+    check_out_dir(args.out_dir, args.force)
     WRITERS[args.tokenizer](read_text(args.input), args.out_dir, args.val_fraction)
 
 

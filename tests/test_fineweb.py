@@ -98,7 +98,7 @@ def test_interrupted_prepare_resumes_to_identical_shards(corpus, prepared, tmp_p
     progress = json.loads((out / "progress.json").read_text())
     assert progress["skip_tokens"] > 0  # the cut fell inside a document: resuming must skip its written head
     # As if killed while writing shard 2, or after renaming it but before recording it: both are redone.
-    (out / "fineweb_edu_train_000002.bin.tmp").write_bytes(b"half a shard")
+    (out / "fineweb_edu_train_000002.bin.4242-abcdef.tmp").write_bytes(b"half a shard")
     (out / "fineweb_edu_train_000002.bin").write_bytes(b"\x01\x00" * 5)
     second = prepare(tmp_path, *args, "--num_proc=2")
     assert f"skipping the {progress['documents']:,} documents and {progress['skip_tokens']:,} tokens" in second.stdout

@@ -138,7 +138,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, char_data):
 @pytest.mark.parametrize("args, message", [
     (["--batchsize=4"], "unknown config key 'batchsize'"),
     (["--batch_size=abc"], "config key 'batch_size'"),
-    (["--dataset=nope"], "run python data/nope/prepare.py"),
+    (["--dataset=nope"], "dataset 'nope' not found"),
     (["--init_from=gpt5"], "unknown init_from 'gpt5'"),
     (["--gradient_accumulation_steps=0"], "gradient_accumulation_steps=0"),
     (["--block_size=5000"], "too few for block_size=5000"),
@@ -224,7 +224,7 @@ def test_bench_runs_synthetic_and_real(tmp_path, char_data):
         match = re.search(r"loss (\d+\.\d+); (\d+\.\d+) ms/iter, ([\d,]+) tokens/s, mfu n/a", out)
         assert match and math.isfinite(float(match.group(1))) and float(match.group(2)) > 0
     missing = run_script("bench.py", *small, f"--data_dir={tmp_path}", "--dataset=nothing", cwd=tmp_path, check=False)
-    assert missing.returncode == 2 and "run python data/nothing/prepare.py" in missing.stderr
+    assert missing.returncode == 2 and "--real_data=False" in missing.stderr
 
 
 def test_wandb_logging_offline(tmp_path, char_data):

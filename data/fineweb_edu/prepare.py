@@ -14,8 +14,8 @@ after an interruption carries on with the next shard and the shards come out byt
 Local files (--data_files) may be .jsonl/.json or .parquet with a "text" column, or .txt holding one
 document per file; they are read in sorted order. train.py reads the shards with --dataset=fineweb_edu.
 """
-import argparse
 import collections
+import glob
 import itertools
 import json
 import multiprocessing
@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # so the shared data/prepare_text.py imports
-from prepare_text import GPT2_META, PrepareError, local_files, run_main, save_meta  # noqa: E402
+from prepare_text import (GPT2_META, ArgumentParser, PrepareError, atomic_write, gpt2_encoding, hub_problem,  # noqa: E402
+                          local_files, run_main, save_meta)
 
 HUB_DATASET = "HuggingFaceFW/fineweb-edu"
 EOT = 50256  # GPT-2's <|endoftext|>: it starts every document
@@ -41,15 +42,8 @@ def shard_path(out_dir, index):
     return os.path.join(out_dir, f"fineweb_edu_{split}_{index:06d}.bin")
 
 
-def write_atomically(path, write):
-    """write(f) into a temporary file, then rename it to path: readers never see a half-written file."""
-    with open(path + ".tmp", "wb") as f:
-        write(f)
-    os.replace(path + ".tmp", path)
-
-
 def save_progress(out_dir, progress):
-    write_atomically(os.path.join(out_dir, "progress.json"), lambda f: f.write(json.dumps(progress).encode()))
+    atomic_write(os.path.join(out_dir, "progress.json"), lambda f: f.write(json.dumps(progress).encode()))
 
 
 def load_progress(out_dir, source, shard_tokens):
@@ -63,8 +57,15 @@ def load_progress(out_dir, source, shard_tokens):
             raise PrepareError(f"{out_dir} holds shards but no progress.json, so they cannot be continued; "
                                "delete them or choose another --out_dir")
         return fresh
-    with open(path) as f:
-        progress = json.load(f)
+    try:
+        with open(path) as f:
+            progress = json.load(f)
+        bad = not isinstance(progress, dict) or not all(k in progress for k in fresh)
+    except ValueError:
+        bad = True
+    if bad:
+        raise PrepareError(f"{path} is damaged, so the shards beside it cannot be continued; delete them and "
+                           "progress.json, or choose another --out_dir")
     for key in ("source", "shard_tokens"):
         if progress[key] != fresh[key]:
             raise PrepareError(f"{out_dir} holds shards of another prepare ({key} {progress[key]} there, "
@@ -95,6 +96,9 @@ def open_documents(args):
         where = args.data_files
     else:
         where = f"{HUB_DATASET} ({args.subset})"
+        problem = hub_problem()
+        if problem:
+            raise PrepareError(f"could not open {where} ({problem}); pass --data_files=PATTERN to use local files")
         try:
             stream = datasets.load_dataset(HUB_DATASET, name=args.subset, split="train", streaming=True)
         except Exception as e:  # no network, an unknown subset, ...: the library's reason, on one line
@@ -139,7 +143,7 @@ def write_shards(docs, progress, out_dir, max_shards, bar):
     buffer, fill, skip = np.empty(size, dtype=np.uint16), 0, progress["skip_tokens"]
 
     def finish_shard(documents, skip_tokens):
-        write_atomically(shard_path(out_dir, progress["shards"]), buffer[:fill].tofile)
+        atomic_write(shard_path(out_dir, progress["shards"]), buffer[:fill].tofile, size_hint=2 * fill)
         progress.update(shards=progress["shards"] + 1, documents=documents, skip_tokens=skip_tokens,
                         tokens=progress["tokens"] + fill)
         save_progress(out_dir, progress)  # a crash before this line only means the shard is rewritten
@@ -171,6 +175,8 @@ def prepare_shards(args, progress, pool):
     os.makedirs(args.out_dir, exist_ok=True)
     save_progress(args.out_dir, progress)  # from now on, any shard here belongs to this prepare
     save_meta(args.out_dir, GPT2_META)
+    for stale in glob.glob(os.path.join(glob.escape(args.out_dir), "fineweb_edu_*.bin.*.tmp")):
+        os.remove(stale)  # a shard that a killed run was writing: it is written again below
     if progress["shards"]:
         print(f"continuing after shard {progress['shards'] - 1}: skipping the {progress['documents']:,} "
               f"documents and {progress['skip_tokens']:,} tokens already written")
@@ -180,7 +186,8 @@ def prepare_shards(args, progress, pool):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Prepare FineWeb-Edu (or local documents) as GPT-2 BPE token shards.")
+    parser = ArgumentParser(description="Prepare FineWeb-Edu (or local documents) as GPT-2 BPE token shards.",
+                            force=False)  # the same command continues; another source is refused
     parser.add_argument("--subset", default="sample-10BT", help="FineWeb-Edu config: sample-10BT, sample-100BT, "
                         "sample-350BT, default (everything), or one crawl such as CC-MAIN-2024-10")
     parser.add_argument("--data_files", help="glob of local .jsonl/.json/.parquet/.txt files to use instead of the hub")
@@ -202,8 +209,7 @@ def main():
         print(f"nothing to do: {args.out_dir} already holds {progress['shards']} shards "
               f"({'the whole stream' if progress['complete'] else '--max_shards'})")
         return
-    import tiktoken
-    tiktoken.get_encoding("gpt2")  # load it once, before forking the workers that inherit it
+    gpt2_encoding()  # load it once, before forking the workers that inherit it
     workers = nullcontext()
     if args.num_proc > 1:  # the workers ignore Ctrl-C: it is the main process's to handle
         workers = multiprocessing.Pool(args.num_proc, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))

@@ -10,7 +10,6 @@ document is encoded with GPT-2 BPE (in --num_proc processes) and followed by the
 folder), streaming tokens to disk so the corpus never has to fit in memory. The full download
 needs tens of GB of disk for the Hugging Face cache; train.bin comes out at ~17 GB.
 """
-import argparse
 import os
 import sys
 
@@ -19,13 +18,17 @@ from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # so the shared data/prepare_text.py imports
-from prepare_text import GPT2_META, PrepareError, local_files, run_main, save_meta  # noqa: E402
+from prepare_text import (GPT2_META, ArgumentParser, PrepareError, atomic_write, check_out_dir,  # noqa: E402
+                          gpt2_encoding, hub_problem, local_files, run_main, save_meta)
 
 
 def load_documents(data_files, num_proc):
     """A datasets.Dataset with a "text" column: local files if data_files is a glob, else OpenWebText."""
     import datasets
     if not data_files:
+        problem = hub_problem()
+        if problem:
+            raise PrepareError(f"could not download OpenWebText ({problem}); pass --data_files=GLOB to use local files")
         return datasets.load_dataset("Skylion007/openwebtext", split="train", num_proc=num_proc)
     builder, options, files = local_files(data_files)
     dataset = datasets.load_dataset(builder, data_files=files, split="train", **options)
@@ -42,22 +45,21 @@ def tokenize(batch):
 
 
 def write_split(dataset, path):
-    """Stream the "ids" of every document, in order, into a uint16 file through a memmap."""
+    """Stream the "ids" of every document, in order, into a uint16 file, written whole under a temporary
+    name and then renamed (plain writes: a full disk is an error, where a memmap would crash)."""
     total = int(np.sum(dataset.select_columns(["len"]).with_format("numpy")[:]["len"], dtype=np.int64))
-    out = np.memmap(path, dtype=np.uint16, mode="w+", shape=(total,))
-    num_shards, pos = min(1024, len(dataset)), 0
-    for i in tqdm(range(num_shards), desc=f"writing {os.path.basename(path)}"):
-        shard = dataset.shard(num_shards, i, contiguous=True).with_format("numpy")
-        ids = np.concatenate(shard[:]["ids"])
-        out[pos:pos + len(ids)] = ids
-        pos += len(ids)
-    assert pos == total, (pos, total)
-    out.flush()
+    num_shards = min(1024, len(dataset))
+
+    def write(f):
+        for i in tqdm(range(num_shards), desc=f"writing {os.path.basename(path)}"):
+            shard = dataset.shard(num_shards, i, contiguous=True).with_format("numpy")
+            np.concatenate(shard[:]["ids"]).astype(np.uint16).tofile(f)
+    atomic_write(path, write, size_hint=2 * total)
     return total
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Prepare OpenWebText (or local documents) as a GPT-2 BPE dataset.")
+    parser = ArgumentParser(description="Prepare OpenWebText (or local documents) as a GPT-2 BPE dataset.")
     parser.add_argument("--data_files", help="glob of local .txt/.jsonl/.json/.parquet files (default: download OpenWebText)")
     parser.add_argument("--out_dir", default=HERE, help="folder to write the dataset into (default: this folder)")
     parser.add_argument("--val_fraction", type=float, default=0.0005, help="fraction of documents kept for val")
@@ -65,9 +67,11 @@ def main():
     args = parser.parse_args()
     if not 0 < args.val_fraction < 1:
         raise PrepareError(f"--val_fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
+    if args.num_proc < 1:
+        raise PrepareError(f"--num_proc must be at least 1, got {args.num_proc}")
+    check_out_dir(args.out_dir, args.force)
 
-    import tiktoken
-    tiktoken.get_encoding("gpt2")  # load the tokenizer before any download, and once for forked workers
+    gpt2_encoding()  # load the tokenizer before any download, and once for forked workers
     documents = load_documents(args.data_files, args.num_proc)
     if len(documents) < 2:
         raise PrepareError(f"need at least 2 documents to make a train and a val split, found {len(documents)}")

@@ -1,0 +1,148 @@
+"""What guards a user's files over a run's life: files written whole or not at all, one training run
+per out_dir, and stopping cleanly when asked to (Ctrl-C, a scheduler's SIGTERM, SLURM's SIGUSR1).
+
+No torch here: the data scripts write their datasets with atomic_write too.
+"""
+import datetime
+import errno
+import os
+import secrets
+import signal
+import socket
+
+from configurator import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded against each other there
+    fcntl = None
+
+
+def fsync_folder(folder):
+    """Make a rename inside folder survive a power cut (a no-op where folders can't be opened)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path, write, size_hint=None):
+    """Call write(f) on a new binary file beside path, fsync it, then rename it over path: whoever reads
+    path sees the old file or the new one, never a mix. The temporary name is unique to this writer, so
+    two writers never share one; on any failure (disk full, Ctrl-C, an error in write) it is removed
+    and path is left as it was. A full disk is a UserError naming path and the bytes it needed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as for open()
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            need = f" (it needs about {size_hint / 2**20:,.1f} MiB)" if size_hint else ""
+            kept = "the previous file was left as it was" if os.path.exists(path) else "nothing was written"
+            raise UserError(f"no space left on the device to write {path}{need}; {kept}. Free some space "
+                            "and run the same command again") from None
+        raise
+    fsync_folder(folder)
+
+
+class RunLock:
+    """One training run per out_dir: an exclusive fcntl.flock on out_dir/run.lock, held for the run's life.
+    The OS drops the lock when the process ends, however it ends (kill -9 included), so a dead run never
+    blocks the next one; the file's text says who holds it, for the message a second run prints."""
+
+    NAME = "run.lock"
+
+    def __init__(self, folder):
+        self.folder, self.path, self.fd, self.made_folder = folder, os.path.join(folder, self.NAME), None, False
+
+    def acquire(self):
+        """Take the lock, creating out_dir if needed; returns None, or why the run can't start here."""
+        if fcntl is None:
+            return None
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            return f"out_dir '{self.folder}' is a file, not a folder; choose another --out_dir"
+        try:
+            self.made_folder = not os.path.isdir(self.folder)
+            os.makedirs(self.folder, exist_ok=True)
+            while self.fd is None:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "a process"
+                    os.close(fd)
+                    return (f"out_dir '{self.folder}' is in use by another training run ({holder}); wait for it "
+                            "to end or stop it, or choose another --out_dir")
+                try:  # the holder before us may have removed the file between our open and our lock
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    self.fd = fd
+                else:
+                    os.close(fd)
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+        except OSError as e:
+            return f"out_dir '{self.folder}' can't be written ({e.strerror}); choose another --out_dir"
+        return None
+
+    def release(self):
+        """Drop the lock and its file; out_dir too if this run created it and left nothing there."""
+        if self.fd is None:
+            return
+        os.remove(self.path)  # while still locked: a waiting process then sees the inode change and retries
+        os.close(self.fd)
+        self.fd = None
+        if self.made_folder and not os.listdir(self.folder):
+            os.rmdir(self.folder)
+
+
+class Stopped(Exception):
+    """Training saved its state and stopped early because a signal asked it to."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGTERM (scancel, preemption, Kubernetes), SIGUSR1 (SLURM's --signal) and a first Ctrl-C only set
+    `signum`; the training loop checks it between steps, saves and raises Stopped. A second Ctrl-C
+    raises KeyboardInterrupt at once. Further SIGTERMs are ignored: torchrun forwards one to its
+    workers after a Ctrl-C, and the save that is under way must finish."""
+
+    def __init__(self, announce=True):
+        self.signum, self.announce = None, announce
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        if self.announce:  # os.write: print() may be mid-call in the interrupted code, and is not reentrant
+            os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint after this step "
+                        "(Ctrl-C again stops at once, without saving)\n".encode())
+
+    @staticmethod
+    def name(signum):
+        return signal.Signals(signum).name
+
+    def restore(self):
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)
