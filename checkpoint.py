@@ -15,7 +15,7 @@ import re
 import numpy as np
 import torch
 
-from configurator import UserError, read_utf8
+from configurator import UserError
 from lifetime import atomic_write
 from model import GPT, GPTConfig
 
@@ -165,9 +165,12 @@ def read_meta_json(path, folder):
     """meta.json checked for what train.py and sample.py use; anything else is one line naming the fix."""
     script = os.path.join(folder, "prepare.py")
     fix = f"python {script}" if os.path.isfile(script) else "data/prepare_text.py (--force=True replaces it)"
+    problem = None
     try:
-        meta = json.loads(read_utf8(path, "vocabulary file"))
-        problem = None
+        with open(path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
     except ValueError as e:
         problem = f"not valid JSON: {e}"
     if problem is None:

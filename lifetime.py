@@ -28,6 +28,11 @@ def fsync_folder(folder):
             os.close(fd)
 
 
+def free_bytes(folder):
+    st = os.statvfs(folder) if hasattr(os, "statvfs") else None
+    return st.f_bavail * st.f_frsize if st else float("inf")
+
+
 def atomic_write(path, write, size_hint=None):
     """Call write(f) on a new binary file beside path, fsync it, then rename it over path: whoever reads
     path sees the old file or the new one, never a mix. The temporary name is unique to this writer, so
@@ -36,6 +41,8 @@ def atomic_write(path, write, size_hint=None):
     folder = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
     try:
+        if size_hint and size_hint > free_bytes(folder):
+            raise OSError(errno.ENOSPC, "not enough free space", path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as for open()
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -43,9 +50,12 @@ def atomic_write(path, write, size_hint=None):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        # torch.save reports a full disk as a RuntimeError from its zip writer: look at the disk itself
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or \
+            isinstance(e, Exception) and free_bytes(folder) < 2 ** 20
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if full:
             need = f" (it needs about {size_hint / 2**20:,.1f} MiB)" if size_hint else ""
             kept = "the previous file was left as it was" if os.path.exists(path) else "nothing was written"
             raise UserError(f"no space left on the device to write {path}{need}; {kept}. Free some space "

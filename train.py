@@ -22,7 +22,7 @@ from checkpoint import (MODEL_ARGS, append_jsonl, check_vocab, checkpoint_files,
                         load_checkpoint, load_vocab, model_from_checkpoint, prune_snapshots, rng_state,
                         save_checkpoint, set_rng_state, snapshot_path, start_metrics_log)
 from configurator import UserError, load_config, run_main
-from dataloader import EpochOrder, open_splits
+from dataloader import EpochOrder, open_splits, split_files
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
 from lifetime import RunLock, StopSignals
 from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
@@ -204,17 +204,8 @@ def main(argv):
     torch.backends.cudnn.allow_tf32 = True
     ctx = autocast(device, dtype)
 
-    # Data. Micro-batch m of step s on this process holds training windows numbered from
-    # ((s * world_size + rank) * accum + m) * batch_size: a step sees the same data however its
-    # micro-batches are spread over processes, and a resumed run continues the same sequence.
     data_folder = os.path.join(cfg["data_dir"], cfg["dataset"])
-    splits = open_splits(data_folder, cfg["dataset"], cfg["batch_size"], cfg["block_size"], device)
-    order = EpochOrder(splits["train"].n_tokens, cfg["block_size"], cfg["seed"])
-
-    def train_batch(step, m):
-        first = ((step * world_size + rank) * accum + m) * cfg["batch_size"]
-        return splits["train"].get(order.starts(first, cfg["batch_size"]))
-
+    split_files(data_folder, cfg["dataset"])  # a missing dataset is reported before anything else happens
     vocab = load_vocab(data_folder)
 
     # One run per out_dir (a second job there refuses to start), and a new run never replaces an old one's
@@ -234,8 +225,18 @@ def main(argv):
     resumed = ckpt is not None
     if cfg["init_from"] != "scratch":
         adopt_model_shape(cfg, given, model.config, ckpt_path if resumed else cfg["init_from"])
+
+    # Data. Micro-batch m of step s on this process holds training windows numbered from
+    # ((s * world_size + rank) * accum + m) * batch_size: a step sees the same data however its
+    # micro-batches are spread over processes, and a resumed run continues the same sequence.
+    splits = open_splits(data_folder, cfg["dataset"], cfg["batch_size"], cfg["block_size"], device)
+    order = EpochOrder(splits["train"].n_tokens, cfg["block_size"], cfg["seed"])
     for batches in splits.values():  # ids past the embedding table are caught on the host, with the file named
         batches.vocab_size = model.config.vocab_size
+
+    def train_batch(step, m):
+        first = ((step * world_size + rank) * accum + m) * cfg["batch_size"]
+        return splits["train"].get(order.starts(first, cfg["batch_size"]))
     model_vocab = ckpt.get("vocab") if resumed else (vocab if cfg["init_from"] == "scratch" else {"tokenizer": "gpt2"})
     check_vocab(model_vocab, vocab, model.config.vocab_size, cfg["dataset"])
     if cfg["block_size"] > model.config.block_size:
