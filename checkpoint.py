@@ -129,14 +129,32 @@ def load_checkpoint(path):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, dropout=None):
+def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
     """Rebuild the GPT a checkpoint describes and load its weights."""
-    args = {k: ckpt["model_args"][k] for k in MODEL_ARGS if k in ckpt["model_args"]}
-    if dropout is not None:
-        args["dropout"] = dropout
-    model = GPT(GPTConfig(**args))
-    model.load_state_dict(ckpt["model"])
+    try:
+        args = {k: ckpt["model_args"][k] for k in MODEL_ARGS if k in ckpt["model_args"]}
+        if dropout is not None:
+            args["dropout"] = dropout
+        model = GPT(GPTConfig(**args))
+        model.load_state_dict(ckpt["model"])
+    except Exception as e:  # missing or misshapen weights, model_args of the wrong types
+        reason = (str(e).strip().splitlines() or [""])[-1].strip()[:160]
+        raise UserError(f"{path} does not hold the GPT its model_args describe ({type(e).__name__}: {reason}); "
+                        "the file was left as it is") from None
     return model
+
+
+def restore_optimizer(optimizer, ckpt, path, log, shard=None):
+    """Load the optimizer state a checkpoint holds (cut to this process's shards by shard(state, optimizer)
+    under FSDP). One without any (weights shared alone) starts the moments afresh, with a note."""
+    if not ckpt.get("optimizer"):
+        log(f"note: {path} holds no optimizer state; the optimizer's moments start afresh")
+        return
+    try:
+        optimizer.load_state_dict(shard(ckpt["optimizer"], optimizer) if shard else ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"the optimizer state in {path} does not fit this model ({type(e).__name__}: "
+                        f"{str(e)[:160]}); the file was left as it is") from None
 
 
 class _PlainUnpickler(pickle.Unpickler):

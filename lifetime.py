@@ -134,8 +134,8 @@ class StopSignals:
 
     def __init__(self, announce=True):
         self.signum, self.announce = None, announce
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-            if hasattr(signal, name):
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):  # a signal the launcher ignores (nohup, `&`) stays ignored
+            if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
                 signal.signal(getattr(signal, name), self._handle)
 
     def _handle(self, signum, frame):
@@ -151,8 +151,3 @@ class StopSignals:
     @staticmethod
     def name(signum):
         return signal.Signals(signum).name
-
-    def restore(self):
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)

@@ -69,8 +69,9 @@ class Tokenizer:
 def load_model_and_tokenizer(cfg):
     """(model, tokenizer) for init_from: a checkpoint in out_dir, or GPT-2 weights."""
     if cfg["init_from"] == "resume":
-        ckpt = load_checkpoint(os.path.join(cfg["out_dir"], "ckpt.pt"))
-        model = model_from_checkpoint(ckpt)
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, path=path)
         vocab = ckpt.get("vocab")
         if vocab is None and "dataset" in ckpt.get("config", {}):  # a nanoGPT checkpoint: look beside the data
             data_dir = ckpt["config"].get("data_dir", cfg["data_dir"])

@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (MODEL_ARGS, append_jsonl, check_vocab, checkpoint_files, find_resume_checkpoint,
-                        load_checkpoint, load_vocab, model_from_checkpoint, prune_snapshots, rng_state,
-                        save_checkpoint, set_rng_state, snapshot_path, start_metrics_log)
+                        load_checkpoint, load_vocab, model_from_checkpoint, prune_snapshots, restore_optimizer,
+                        rng_state, save_checkpoint, set_rng_state, snapshot_path, start_metrics_log)
 from configurator import UserError, load_config, run_main
 from dataloader import EpochOrder, open_splits, split_files
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
@@ -164,7 +164,7 @@ def init_model(cfg, vocab, log):
         path = find_resume_checkpoint(cfg["out_dir"], log)
         ckpt = load_checkpoint(path)
         log(f"resuming from {path} at iteration {ckpt.get('iter_num', 0)}")
-        return model_from_checkpoint(ckpt, dropout=cfg["dropout"]), ckpt
+        return model_from_checkpoint(ckpt, dropout=cfg["dropout"], path=path), ckpt
     if init_from in HF_NAMES or os.path.isdir(init_from):
         log(f"initializing from GPT-2 weights: {init_from}")
         try:
@@ -251,8 +251,8 @@ def main(argv):
                                            (cfg["beta1"], cfg["beta2"]), device_type)
     iter_num, best_val_loss, evaluated = 0, float("inf"), True
     if resumed:
-        optimizer.load_state_dict(shard_optimizer_state(ckpt["optimizer"], optimizer) if fsdp else ckpt["optimizer"])
-        if "scaler" in ckpt:
+        restore_optimizer(optimizer, ckpt, ckpt_path, log, shard_optimizer_state if fsdp else None)
+        if ckpt.get("scaler"):  # a disabled scaler (not float16) saved {}
             scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss = ckpt.get("iter_num", 0), ckpt.get("best_val_loss", float("inf"))
         evaluated = ckpt.get("evaluated", True)  # False when a signal stopped the run between evaluations

@@ -401,3 +401,17 @@ def test_messages_say_what_is_true(tmp_path, char_data):
 def test_max_iters_zero_saves_the_model_it_evaluated(tmp_path, char_data):
     res = train(tmp_path, char_data, "--max_iters=0")
     assert "step 0: train loss" in res.stdout and load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 0
+
+
+def test_a_checkpoint_without_optimizer_state_resumes_with_a_note(tmp_path, char_data):
+    train(tmp_path, char_data, "--max_iters=2")
+    path = tmp_path / "out" / "ckpt.pt"
+    ckpt = load(path)
+    del ckpt["optimizer"], ckpt["scaler"]  # weights shared alone
+    torch.save(ckpt, path)
+    res = train(tmp_path, char_data, "--max_iters=3", "--init_from=resume")
+    assert f"note: {path} holds no optimizer state; the optimizer's moments start afresh" in res.stdout
+    ckpt["model_args"]["n_layer"] = "two"
+    torch.save(ckpt, path)
+    one_error_line(train(tmp_path, char_data, "--max_iters=4", "--init_from=resume", check=False),
+                   f"{path} does not hold the GPT its model_args describe (TypeError")
