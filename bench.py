@@ -5,6 +5,7 @@ generation speed with --mode=generate (KV cache against the full-recompute refer
     python bench.py --real_data=False --device=cpu --n_layer=4 --n_embd=128 --block_size=64 --compile=False
     python bench.py --profile=True                     # also write a torch profiler trace
     python bench.py --mode=generate --device=cpu --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024
+    python bench.py --mode=generate --device=cpu --reference=False --transformers=True --new_tokens=200 --steps=5
 
 Runs `burnin` untimed steps (compilation, allocator warm-up), then times `steps` steps with the
 device synchronised before each clock read, and prints ms/iter, tokens/s and MFU. Generate mode
@@ -46,6 +47,7 @@ DEFAULTS = dict(
     new_tokens=512,         # generate mode: tokens generated per run
     num_samples=1,          # generate mode: sequences generated together (batch)
     reference=True,         # generate mode: also time use_cache=False (the full recompute) and compare
+    transformers=False,     # generate mode: also time Hugging Face transformers' generate on the same weights
     huge_pages=True,        # generate mode, CPU on Linux: weights on 2 MB pages (engine.huge_pages); False to compare
 )
 
@@ -55,6 +57,18 @@ def sync(device):
         torch.cuda.synchronize(device)
     elif device.startswith("mps"):
         torch.mps.synchronize()
+
+
+def transformers_twin(model, device):
+    """Hugging Face transformers' GPT2LMHeadModel holding our model's weights, through our own export."""
+    import tempfile
+    import transformers
+    from eval import export_hf
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as folder:
+        export_hf(model, folder)
+        return transformers.GPT2LMHeadModel.from_pretrained(folder).to(device).eval()
 
 
 def bench_generate(cfg, device):
@@ -72,16 +86,24 @@ def bench_generate(cfg, device):
     print(f"{model.get_num_params() / 1e6:.1f}M parameters, {device}, {torch.get_num_threads()} threads, "
           f"prompt {cfg['prompt_tokens']}, {n} new tokens, batch {cfg['num_samples']}, greedy")
 
+    hf = transformers_twin(model, device) if cfg["transformers"] else None
+
     def timed(use_cache):
         sync(device)
         t0 = time.time()
-        out = torch.cat([idx] + list(engine.stream(model, idx, n, temperature=0, use_cache=use_cache,
-                                                   step_fn=step_fn if use_cache else None)), dim=1)
+        if use_cache == "transformers":  # its own greedy decoding with its KV cache
+            out = hf.generate(idx, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+                              attention_mask=torch.ones_like(idx), pad_token_id=0)
+        else:
+            out = torch.cat([idx] + list(engine.stream(model, idx, n, temperature=0, use_cache=use_cache,
+                                                       step_fn=step_fn if use_cache else None)), dim=1)
         sync(device)
         return out, time.time() - t0
 
     timed(True)  # warm-up: allocator, kernels (and compilation)
-    fast_times, ref_times = [], []
+    if hf is not None:
+        timed("transformers")
+    fast_times, ref_times, hf_times, hf_same = [], [], [], []
     for _ in range(cfg["steps"]):
         fast, dt = timed(True)
         fast_times.append(dt)
@@ -92,8 +114,17 @@ def bench_generate(cfg, device):
             print(f"reference run: {dt:.2f} s", flush=True)
             if not torch.equal(fast, ref):
                 raise SystemExit("cached and reference generation returned different tokens")
+        if hf is not None:
+            theirs, dt = timed("transformers")
+            hf_times.append(dt)
+            hf_same.append(torch.equal(fast, theirs))
+            print(f"transformers run: {dt:.2f} s, same tokens: {hf_same[-1]}", flush=True)
     tokens = n * cfg["num_samples"]
-    for name, times in (("cached", fast_times), ("reference", ref_times)):
+    if hf_times:
+        ratios = [t / f for f, t in zip(fast_times, hf_times)]
+        print(f"transformers' generate / ours: {sum(hf_times) / sum(fast_times):.2f}x the time (per pair: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}); identical tokens in {sum(hf_same)} of {len(hf_same)} runs")
+    for name, times in (("cached", fast_times), ("reference", ref_times), ("transformers", hf_times)):
         if times:
             dt = sum(times) / len(times)
             print(f"{name}: {dt:.2f} s, {dt / n * 1000:.2f} ms/token, {tokens / dt:,.1f} tokens/s "
@@ -133,6 +164,9 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     B, T = cfg["batch_size"], cfg["block_size"]
+    if device == "cpu" and cfg["n_layer"] * cfg["n_embd"] ** 2 * T * B > 1e11:  # GPT-2 124M's defaults: ~5e12
+        print("note: this model and batch take seconds a step on a CPU (and compiling them a minute or more); "
+              "for a quick look: --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --compile=False")
     if cfg["real_data"]:  # train.bin, or the train shards of a sharded dataset (fineweb_edu)
         try:
             paths = split_files(os.path.join(cfg["data_dir"], cfg["dataset"]), cfg["dataset"])["train"]

@@ -1,4 +1,5 @@
-"""Checkpoint and vocabulary I/O: writing ckpt.pt safely, reading ours and nanoGPT's; the run's log.jsonl.
+"""Checkpoint and vocabulary I/O: writing ckpt.pt safely, reading ours and nanoGPT's; the run's log.jsonl;
+and the model train.py starts from (new, resumed, or GPT-2's), checked against the settings.
 
 A checkpoint is a dict with nanoGPT's keys -- model, optimizer, model_args, iter_num,
 best_val_loss, config -- plus our own (scaler, vocab). Everything is loaded with
@@ -17,7 +18,7 @@ import torch
 
 from configurator import UserError
 from lifetime import atomic_write
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, HF_NAMES
 
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
@@ -271,3 +272,42 @@ def check_vocab(model_vocab, data_vocab, vocab_size, dataset):
         raise UserError(f"vocabulary mismatch: dataset '{dataset}' was prepared with {describe(data_vocab)}, "
                         f"the model uses {describe(model_vocab or {})} ({vocab_size} ids); prepare the data with "
                         "the model's tokenizer, or train a new model with --init_from=scratch")
+
+
+# ----------------------------------------------------------------------------- train.py's model
+
+def adopt_model_shape(cfg, given, config, source):
+    """A loaded model (resumed, or GPT-2's) keeps its shape: a shape the user set that differs is an error;
+    the keys the user left alone take the model's values, so the config saved with it tells the truth."""
+    for key in ("n_layer", "n_head", "n_embd", "bias", "block_size"):
+        ours = getattr(config, key)
+        if key in given and cfg[key] != ours and not (key == "block_size" and cfg[key] < ours):
+            raise UserError(f"--{key}={cfg[key]} conflicts with {source}, whose {key} is {ours}; "
+                            f"drop the setting (or start a new run with --init_from=scratch)")
+        if key not in given:
+            cfg[key] = ours
+
+
+def init_model(cfg, vocab, log):
+    """(model, checkpoint or None) for cfg['init_from']."""
+    init_from = cfg["init_from"]
+    if init_from == "scratch":
+        vocab_size = vocab["vocab_size"] if vocab and "itos" in vocab else 50304
+        log(f"initializing a new model from scratch (vocab_size {vocab_size})")
+        return GPT(GPTConfig(vocab_size=vocab_size, **{k: cfg[k] for k in MODEL_ARGS if k != "vocab_size"})), None
+    if init_from == "resume":
+        path = find_resume_checkpoint(cfg["out_dir"], log)
+        ckpt = load_checkpoint(path)
+        log(f"resuming from {path} at iteration {ckpt.get('iter_num', 0)}")
+        return model_from_checkpoint(ckpt, dropout=cfg["dropout"], path=path), ckpt
+    if init_from in HF_NAMES or os.path.isdir(init_from):
+        log(f"initializing from GPT-2 weights: {init_from}")
+        try:
+            model = GPT.from_pretrained(init_from, dict(dropout=cfg["dropout"]))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if cfg["block_size"] < model.config.block_size:
+            model.crop_block_size(cfg["block_size"])
+        return model, None
+    raise UserError(f"unknown init_from '{init_from}': use scratch, resume, "
+                    f"{', '.join(HF_NAMES)}, or a directory holding a Hugging Face GPT-2 checkpoint")

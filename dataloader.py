@@ -1,6 +1,8 @@
 """Reading training data: uint16 token files written by data/*/prepare.py, cut into (x, y) windows."""
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -98,6 +100,19 @@ def split_files(folder, dataset):
         f"make it with python data/prepare_text.py --input=YOUR.txt --out_dir={folder}"
     raise UserError(f"dataset '{dataset}' not found: {folder} needs train.bin and val.bin, or shards named "
                     f"*_train_*.bin and *_val_*.bin; {how} (or set --data_dir)")
+
+
+def prepare_if_local(folder, log):
+    """Prepare a dataset folder that has no data yet but has a prepare.py and the text it reads beside it
+    (data/shakespeare_char ships its input.txt): no download, so train.py does it, in one line."""
+    script, text = os.path.join(folder, "prepare.py"), os.path.join(folder, "input.txt")
+    if glob.glob(os.path.join(glob.escape(folder), "*.bin")) or os.path.exists(os.path.join(folder, "meta.json")) \
+            or not (os.path.isfile(script) and os.path.isfile(text)):
+        return
+    log(f"preparing {folder} first (it has no train.bin yet): python {script}")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    if result.returncode:
+        raise UserError(f"preparing {folder} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def open_splits(folder, dataset, batch_size, block_size, device):

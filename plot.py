@@ -11,6 +11,7 @@ import sys
 
 from checkpoint import read_jsonl
 from configurator import UserError, load_config, run_main
+from lifetime import atomic_write
 
 DEFAULTS = dict(
     out_dir="out",   # a run's folder holding log.jsonl; repeat --out_dir=... to overlay several runs
@@ -63,7 +64,7 @@ def plot_runs(runs, output, smooth=10, title=""):
     ax_tok, ax_lr = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     ax_hs = fig.add_subplot(grid[1, 2]) if has_hellaswag else None
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    lows, highs = [], []
+    lows, highs, peaks = [], [], []
     for n, (label, (train, evals)) in enumerate(runs.items()):
         color = colors[n % len(colors)]
         prefix = f"{label}: " if len(runs) > 1 else ""
@@ -75,11 +76,13 @@ def plot_runs(runs, output, smooth=10, title=""):
                 ax.plot(xs, moving_average(ys, max(1, smooth)), color=color, linewidth=1.5, label=f"{prefix}train")
                 lows.append(min(ys))
                 highs.append(ys[len(ys) // 20])  # past the first steps' steep drop
+                peaks.append(max(ys))
             xs, ys = series(evals, x_key, "val_loss")
             if xs:
                 ax.plot(xs, ys, color=color, linestyle="--", marker="o", markersize=4, label=f"{prefix}val")
                 lows.append(min(ys))
                 highs.append(ys[min(1, len(ys) - 1)])
+                peaks.append(max(ys))
         xs, ys = series(train or evals, "iter", "lr")
         ax_lr.plot(xs, ys, color=color, label=label)
         if ax_hs:
@@ -88,13 +91,16 @@ def plot_runs(runs, output, smooth=10, title=""):
                 if xs:
                     ax_hs.plot(xs, ys, color=color, linestyle=style, marker="o", markersize=4,
                                label=f"{prefix}{key.removeprefix('hellaswag_')}")
+    loss_label = "loss"
     if lows:  # frame the interesting part; the first steps' loss can be several times higher
         low, high = min(lows), max(highs)
         margin = 0.05 * (high - low or 1.0)
         for ax in (ax_iter, ax_tok):
             ax.set_ylim(low - margin, high + margin)
-    ax_iter.set(xlabel="step", ylabel="loss", title=title or None)
-    ax_tok.set(xlabel="tokens seen", ylabel="loss")
+        if max(peaks) > high + margin:
+            loss_label = f"loss (axis cut at {high + margin:.2f}; the first steps reach {max(peaks):.2f})"
+    ax_iter.set(xlabel="step", ylabel=loss_label, title=title or f"run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}")
+    ax_tok.set(xlabel="tokens seen", ylabel=loss_label)
     ax_tok.xaxis.set_major_formatter(EngFormatter())  # 50k, 1M, ...
     ax_lr.set(xlabel="step", ylabel="learning rate")
     axes = [ax_iter, ax_tok, ax_lr] + ([ax_hs] if ax_hs else [])
@@ -105,7 +111,7 @@ def plot_runs(runs, output, smooth=10, title=""):
     for ax in (ax_iter, ax_hs):  # the other panels use the same colours
         if ax:
             ax.legend(fontsize=8)
-    fig.savefig(output, dpi=100)
+    atomic_write(output, lambda f: fig.savefig(f, format=os.path.splitext(output)[1][1:].lower(), dpi=100))
     plt.close(fig)
 
 
@@ -118,6 +124,8 @@ def main(argv):
     labels = names if len(set(names)) == len(names) else dirs  # short names where they tell runs apart
     runs = {label: read_log(d) for label, d in zip(labels, dirs)}
     output = cfg["output"] or os.path.join(dirs[0], "loss.png")
+    if os.path.splitext(output)[1].lower() not in (".png", ".pdf", ".svg", ".jpg"):
+        raise UserError(f"--output={output} must end in .png, .pdf, .svg or .jpg")
     plot_runs(runs, output, cfg["smooth"], cfg["title"])
     print(f"wrote {output}")
 

@@ -3,7 +3,7 @@
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --init_from=gpt2-xl --start="What is the answer?" --num_samples=3
     python sample.py --start=FILE:prompt.txt
-    python sample.py --init_from=gpt2 --interactive=True --num_samples=1   # type prompts, Ctrl-D ends
+    python sample.py --init_from=gpt2 --interactive=True    # type prompts, Ctrl-D ends
 
 Char-level checkpoints decode with their dataset's vocabulary (stored in the checkpoint, or the
 dataset's meta.json / nanoGPT's meta.pkl); everything else with GPT-2's BPE. Text is printed as
@@ -36,7 +36,7 @@ DEFAULTS = dict(
     compile=False,          # torch.compile the decode step on CUDA (slow to start); ignored on CPU and mps
     use_cache=True,         # KV cache; False re-runs the whole context per token (the slow reference, same text)
     stream=True,            # print each sample as its tokens are generated; False prints it when done
-    interactive=False,      # read prompts from stdin, one per line, and complete each; empty line or Ctrl-D ends
+    interactive=False,      # read prompts from stdin and complete each (1 sample, 200 tokens unless set); Ctrl-D ends
 )
 
 
@@ -135,7 +135,11 @@ def complete(model, tok, text, cfg, generator, step_fn, device, out=sys.stdout):
 
 
 def main(argv):
-    cfg = load_config(DEFAULTS, argv, optional=("top_k",))
+    given = set()
+    cfg = load_config(DEFAULTS, argv, optional=("top_k",), given=given)
+    if cfg["interactive"]:  # a conversation: one answer per prompt, of a readable length, unless asked otherwise
+        cfg["num_samples"] = cfg["num_samples"] if "num_samples" in given else 1
+        cfg["max_new_tokens"] = cfg["max_new_tokens"] if "max_new_tokens" in given else 200
     if cfg["top_k"] is not None and cfg["top_k"] < 0:
         raise UserError(f"top_k must be >= 0, or 0/None for no limit, got {cfg['top_k']}")
     if not 0 <= cfg["seed"] < 2 ** 62:

@@ -18,14 +18,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (MODEL_ARGS, append_jsonl, check_vocab, checkpoint_files, find_resume_checkpoint,
-                        load_checkpoint, load_vocab, model_from_checkpoint, prune_snapshots, restore_optimizer,
-                        rng_state, save_checkpoint, set_rng_state, snapshot_path, start_metrics_log)
+from checkpoint import (MODEL_ARGS, adopt_model_shape, append_jsonl, check_vocab, checkpoint_files, init_model,
+                        load_vocab, prune_snapshots, restore_optimizer, rng_state, save_checkpoint, set_rng_state,
+                        snapshot_path, start_metrics_log)
 from configurator import UserError, load_config, run_main
-from dataloader import EpochOrder, open_splits, split_files
+from dataloader import EpochOrder, open_splits, prepare_if_local, split_files
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
 from lifetime import RunLock, StopSignals
-from model import GPT, GPTConfig, HF_NAMES, device_peak_flops
+from model import device_peak_flops
 from runtime import (agree, autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
                      shard_model, shard_optimizer_state, teardown_distributed)
 
@@ -136,46 +136,15 @@ def check_settings(cfg):
         raise UserError(f"save_iters={cfg['save_iters']} must be a list of positive steps, like [1000,5000]")
 
 
+def duration(seconds):
+    """'1h02m', '3m12s' or '45s'."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def peak_memory(device):
     """Bytes of the largest CUDA allocation total since the last reset; None on other devices."""
     return torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None
-
-
-def adopt_model_shape(cfg, given, config, source):
-    """A loaded model (resumed, or GPT-2's) keeps its shape: a shape the user set that differs is an error;
-    the keys the user left alone take the model's values, so the config saved with it tells the truth."""
-    for key in ("n_layer", "n_head", "n_embd", "bias", "block_size"):
-        ours = getattr(config, key)
-        if key in given and cfg[key] != ours and not (key == "block_size" and cfg[key] < ours):
-            raise UserError(f"--{key}={cfg[key]} conflicts with {source}, whose {key} is {ours}; "
-                            f"drop the setting (or start a new run with --init_from=scratch)")
-        if key not in given:
-            cfg[key] = ours
-
-
-def init_model(cfg, vocab, log):
-    """(model, checkpoint or None) for cfg['init_from']."""
-    init_from = cfg["init_from"]
-    if init_from == "scratch":
-        vocab_size = vocab["vocab_size"] if vocab and "itos" in vocab else 50304
-        log(f"initializing a new model from scratch (vocab_size {vocab_size})")
-        return GPT(GPTConfig(vocab_size=vocab_size, **{k: cfg[k] for k in MODEL_ARGS if k != "vocab_size"})), None
-    if init_from == "resume":
-        path = find_resume_checkpoint(cfg["out_dir"], log)
-        ckpt = load_checkpoint(path)
-        log(f"resuming from {path} at iteration {ckpt.get('iter_num', 0)}")
-        return model_from_checkpoint(ckpt, dropout=cfg["dropout"], path=path), ckpt
-    if init_from in HF_NAMES or os.path.isdir(init_from):
-        log(f"initializing from GPT-2 weights: {init_from}")
-        try:
-            model = GPT.from_pretrained(init_from, dict(dropout=cfg["dropout"]))
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if cfg["block_size"] < model.config.block_size:
-            model.crop_block_size(cfg["block_size"])
-        return model, None
-    raise UserError(f"unknown init_from '{init_from}': use scratch, resume, "
-                    f"{', '.join(HF_NAMES)}, or a directory holding a Hugging Face GPT-2 checkpoint")
 
 
 def main(argv):
@@ -205,6 +174,10 @@ def main(argv):
     ctx = autocast(device, dtype)
 
     data_folder = os.path.join(cfg["data_dir"], cfg["dataset"])
+    if master:
+        prepare_if_local(data_folder, log)
+    if world_size > 1:
+        dist.barrier()
     split_files(data_folder, cfg["dataset"])  # a missing dataset is reported before anything else happens
     vocab = load_vocab(data_folder)
 
@@ -362,6 +335,9 @@ def main(argv):
             save(paths)
             have_ckpt = have_ckpt or ckpt_path in paths
         if cfg["eval_only"] or last_step:
+            if last_step and not cfg["eval_only"]:
+                log(f"done. Sample from it: python sample.py --out_dir={cfg['out_dir']}\n"
+                    f"      plot its losses: python plot.py --out_dir={cfg['out_dir']}")
             break
 
         # One optimizer step over `accum` micro-batches; gradients are all-reduced only on the last.
@@ -396,8 +372,12 @@ def main(argv):
             logs_done += 1
             mfu = raw_model.estimate_mfu(cfg["batch_size"] * accum, dt, peak_flops)
             mfu_text = "n/a" if mfu is None else f"{mfu * 100:.2f}%"
-            tok_s = tokens_per_iter / dt
-            log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}")
+            tok_s, eta = tokens_per_iter / dt, (cfg["max_iters"] - iter_num - 1) * dt
+            log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}, "
+                f"eta {duration(eta)}")
+            if logs_done == 3 and device_type == "cpu" and eta > 3600:  # e.g. a GPU config run on a laptop
+                log(f"note: at {dt:.2f} s a step, this run needs about {duration(eta)} more on this CPU; "
+                    "config/train_shakespeare_char_cpu.py is sized for a CPU (a few minutes)")
             if metrics_path:
                 append_jsonl(metrics_path, {"kind": "train", "iter": iter_num, "loss": lossf, "lr": lr,
                                             "tokens": (iter_num + 1) * tokens_per_iter, "time_ms": dt * 1000,

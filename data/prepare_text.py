@@ -66,11 +66,14 @@ def read_text(path):
     return read_utf8(path, "input file")  # newlines as written: "\r\n" stays
 
 
-def get_input_text(folder, url, explicit_path=None):
-    """The text of explicit_path if given; else of <folder>/input.txt, downloading url there first if missing."""
+def get_input_text(folder, url, explicit_path=None, local_copy=None):
+    """The text of explicit_path if given; else of <folder>/input.txt, else of local_copy (a copy shipped
+    with the repo), else of url, downloaded to <folder>/input.txt first."""
     if explicit_path:
         return read_text(explicit_path)
     path = os.path.join(folder, "input.txt")
+    if not os.path.exists(path) and local_copy and os.path.isfile(local_copy):
+        return read_text(local_copy)
     if not os.path.exists(path):
         print(f"downloading {url} -> {path}")
         os.makedirs(folder, exist_ok=True)
@@ -154,7 +157,7 @@ def write_bpe_dataset(text, out_dir, val_fraction=0.1):
 WRITERS = {"char": write_char_dataset, "gpt2": write_bpe_dataset}
 
 
-def prepare_downloaded_text(description, url, tokenizer, default_out_dir):
+def prepare_downloaded_text(description, url, tokenizer, default_out_dir, local_copy=None):
     """The command line of a data/<name>/prepare.py whose dataset is one text file at url."""
     parser = ArgumentParser(description=description)
     parser.add_argument("--input", help="local copy of the text (default: <out_dir>/input.txt, downloaded if missing)")
@@ -164,7 +167,7 @@ def prepare_downloaded_text(description, url, tokenizer, default_out_dir):
     check_out_dir(args.out_dir, args.force)
     if not 0 < args.val_fraction < 1:  # reported before any download
         split_point(0, args.val_fraction)
-    WRITERS[tokenizer](get_input_text(args.out_dir, url, args.input), args.out_dir, args.val_fraction)
+    WRITERS[tokenizer](get_input_text(args.out_dir, url, args.input, local_copy), args.out_dir, args.val_fraction)
 
 
 def main():

@@ -1,7 +1,7 @@
 """Tiny Shakespeare (about 1.1 MB of plays) as a character-level dataset.
 
-    python data/shakespeare_char/prepare.py                  # downloads input.txt into this folder
-    python data/shakespeare_char/prepare.py --input=PATH     # or use a local copy of the text
+    python data/shakespeare_char/prepare.py                  # the text ships with the repo, in this folder
+    python data/shakespeare_char/prepare.py --input=PATH     # or use another copy of the text
 
 Writes train.bin, val.bin (uint16 ids, last 10% of the text is val) and meta.json (vocab_size, itos)
 into --out_dir (default: this folder). Then: python train.py config/train_shakespeare_char.py
@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # so the shared data/prepare_text.py 
 from prepare_text import prepare_downloaded_text, run_main  # noqa: E402
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHIPPED = os.path.join(os.path.dirname(HERE), "shakespeare_char", "input.txt")  # the repo's copy: no download
 
 if __name__ == "__main__":
-    run_main(lambda: prepare_downloaded_text("Prepare Tiny Shakespeare as a character-level dataset.", URL, "char", HERE))
+    run_main(lambda: prepare_downloaded_text("Prepare Tiny Shakespeare as a character-level dataset.", URL, "char", HERE, SHIPPED))
