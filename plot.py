@@ -48,7 +48,8 @@ def series(records, x_key, y_key):
 
 
 def plot_runs(runs, output, smooth=10, title=""):
-    """runs: {label: (train records, eval records)}. Writes the picture to output."""
+    """runs: {label: (train records, eval records)}. Writes the picture to output; returns the title and
+    the loss axis's label."""
     try:
         import matplotlib
     except ImportError:
@@ -113,6 +114,7 @@ def plot_runs(runs, output, smooth=10, title=""):
             ax.legend(fontsize=8)
     atomic_write(output, lambda f: fig.savefig(f, format=os.path.splitext(output)[1][1:].lower(), dpi=100))
     plt.close(fig)
+    return ax_iter.get_title(), loss_label
 
 
 def main(argv):

@@ -95,7 +95,7 @@ def maybe_compile(model, enabled, device, log=print):
     if problem:
         log(f"warning: running without torch.compile: {problem} (pass --compile=False to silence this)")
         return False
-    log("compiling the model with torch.compile: the first step waits for it (a minute or more)")
+    log("compiling the model with torch.compile: the first forward pass waits for it (a minute or more)")
     model.compile()
     return True
 

@@ -305,6 +305,8 @@ def main(argv):
         paths = []
         if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
                                                                    or last_step or cfg["eval_only"] or not evaluated):
+            if iter_num == start_iter and cfg["eval_iters"] * cfg["batch_size"] * cfg["block_size"] > 1e6:
+                log(f"evaluating the loss on {cfg['eval_iters']} batches per split (a while on a CPU)")
             losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size)
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             check_finite(losses, iter_num, ckpt_path)

@@ -2,6 +2,7 @@
 repo and a fresh virtual environment, offline (pip may only use what is installed already)."""
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -51,3 +52,34 @@ def test_the_readme_quickstart_from_a_fresh_clone(tmp_path):
     assert "wrote out-shakespeare-char-cpu/loss.png" in shell(next_commands[1])
     tests = shell(commands[1])  # the test command, narrowed to one module by PYTEST_ADDOPTS
     assert re.search(r"\d+ passed", tests) and "failed" not in tests
+
+
+def test_time_left_and_a_warning_for_a_run_too_long_for_a_cpu(tmp_path, char_data):
+    from test_adversarial import start, wait_for
+    proc = start(tmp_path, char_data, tmp_path / "out", "--max_iters=10000000", "--eval_interval=100000000")
+    wait_for(proc, "note: at ")  # after the third log line: hours of steps left on this CPU
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("iter ")]
+    assert all(re.search(r", eta (\d+h\d\dm|\d+m\d\ds|\d+s)$", line) for line in lines) and len(lines) >= 3
+    assert proc.returncode == 143
+
+
+def test_interactive_sampling_answers_once_per_prompt(tmp_path, char_data):
+    from test_reliability import char_checkpoint
+    char_checkpoint(str(tmp_path / "out"), char_data[2])
+    result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={tmp_path / 'out'}",
+                             "--device=cpu", "--interactive=True"], input="Speak\nAll:\n", capture_output=True,
+                            text=True, timeout=300)
+    answers = result.stdout.split("---------------")
+    assert result.returncode == 0 and len(answers) == 3  # two prompts, one sample each, then the last prompt
+    assert all(len(a.replace("> ", "").strip()) >= 200 for a in answers[:2])
+
+
+def test_plot_names_the_runs_and_says_when_the_axis_is_cut(tmp_path):
+    from plot import plot_runs
+    train = [{"kind": "train", "iter": i, "loss": 9.0 if i == 0 else 3.0 - i / 100, "lr": 1e-3} for i in range(100)]
+    title, label = plot_runs({"run_a": (train, [])}, str(tmp_path / "a.png"))
+    assert title == "run: run_a" and label.startswith("loss (axis cut at") and "reach 9.00" in label
+    title, label = plot_runs({"a": (train[1:], []), "b": (train[1:], [])}, str(tmp_path / "b.png"))
+    assert title == "runs: a, b" and label == "loss"
