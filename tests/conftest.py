@@ -67,15 +67,19 @@ TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nS
 
 @pytest.fixture
 def char_data(tmp_path):
-    """A char-level dataset folder in our format: (data_dir, dataset name, itos)."""
+    return write_char_data(tmp_path)
+
+
+def write_char_data(root):
+    """A char-level dataset folder in our format under root/data: (data_dir, dataset name, itos)."""
     itos = sorted(set(TEXT))
     ids = np.array([itos.index(c) for c in TEXT], dtype=np.uint16)
-    folder = tmp_path / "data" / "chars"
+    folder = root / "data" / "chars"
     folder.mkdir(parents=True)
     ids[: len(ids) * 9 // 10].tofile(folder / "train.bin")
     ids[len(ids) * 9 // 10:].tofile(folder / "val.bin")
     (folder / "meta.json").write_text(json.dumps({"vocab_size": len(itos), "itos": itos}))
-    return str(tmp_path / "data"), "chars", itos
+    return str(root / "data"), "chars", itos
 
 
 def train(tmp_path, data, *extra, check=True):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY, load, run_script, train
+from conftest import REPO, TINY, load, run_script, train, write_char_data
 from test_reliability import EXACT, assert_same_state, char_checkpoint, tree
 
 
@@ -56,10 +56,20 @@ def test_a_second_run_on_a_live_out_dir_refuses_and_a_killed_one_blocks_nothing(
 
 # --- 2. preemption and Ctrl-C ------------------------------------------------------------------------
 
+SIGNAL_RUN = [*EXACT, "--max_iters=300", "--eval_interval=1000"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final checkpoint of SIGNAL_RUN, never stopped (made once for the three signals)."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    train(tmp_path, write_char_data(tmp_path), *SIGNAL_RUN)
+    return load(tmp_path / "out" / "ckpt.pt")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
-def test_a_signal_saves_the_step_and_resuming_ends_identical(tmp_path, char_data, sig):
-    settings = [*EXACT, "--max_iters=300", "--eval_interval=1000"]
-    train(tmp_path, char_data, *settings, f"--out_dir={tmp_path / 'full'}")
+def test_a_signal_saves_the_step_and_resuming_ends_identical(tmp_path, char_data, uninterrupted, sig):
+    settings = SIGNAL_RUN
     out = tmp_path / "out"
     proc = start(tmp_path, char_data, out, *settings)
     wait_for(proc, "iter 3:")
@@ -75,7 +85,7 @@ def test_a_signal_saves_the_step_and_resuming_ends_identical(tmp_path, char_data
                        f"{saved['iter_num']}; to continue, run the same command with --init_from=resume"]
     assert 3 < saved["iter_num"] < 300 and saved["evaluated"] is False
     train(tmp_path, char_data, *settings, "--init_from=resume")
-    assert_same_state(load(out / "ckpt.pt"), load(tmp_path / "full" / "ckpt.pt"))
+    assert_same_state(load(out / "ckpt.pt"), uninterrupted)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, char_data):

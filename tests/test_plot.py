@@ -29,7 +29,7 @@ def test_log_jsonl_and_hellaswag_during_training(tmp_path, bpe_data):
                 f"--hellaswag_path={items}", "--hellaswag_limit=5", "--grad_clip=0.0").stdout
     # the console keeps nanoGPT's lines; HellaSwag and the memory estimate get lines of their own
     assert re.search(r"^step 2: train loss \d+\.\d{4}, val loss \d+\.\d{4}$", out, re.M)
-    assert re.search(r"^iter 3: loss \d+\.\d{4}, time \d+\.\d{2}ms, mfu n/a, tok/s [\d,]+$", out, re.M)
+    assert re.search(r"^iter 3: loss \d+\.\d{4}, time \d+\.\d{2}ms, mfu n/a, tok/s [\d,]+, eta \d+s$", out, re.M)
     assert re.search(r"^step 4: hellaswag acc \d\.\d{4}, acc_norm \d\.\d{4} \(5 items\)$", out, re.M)
     assert re.search(r"^memory estimate per process: params [\d.,]+ MiB, grads [\d.,]+ MiB, optimizer [\d.,]+ MiB, "
                      r"activations [\d.,]+ MiB \(activations of one 4x16 micro-batch\)$", out, re.M)
