@@ -182,9 +182,10 @@ def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), ra
 # ----------------------------------------------------------------------------- train.py's val loss
 
 @torch.no_grad()
-def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1):
+def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1, stop=None):
     """Mean loss over eval_iters batches per split, shared out among the processes. The batches are
-    the same at every evaluation, so successive val losses differ only because the model changed."""
+    the same at every evaluation, so successive val losses differ only because the model changed.
+    stop() is asked before each batch (every process asks it as often); if it is true, None."""
     model.eval()
     out = {}
     for i, (name, batches) in enumerate(splits.items()):
@@ -193,6 +194,9 @@ def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1):
         total = torch.zeros((), dtype=torch.float64, device=batches.device)
         for j in range(math.ceil(eval_iters / world_size)):  # batch k goes to process k % world_size
             k = j * world_size + rank
+            if stop and stop():  # a signal: the run saves and stops rather than finish a long evaluation
+                model.train()
+                return None
             x, y = batches.get(starts[min(k, eval_iters - 1)])
             with ctx:
                 loss = model(x, y)[1].double()

@@ -118,17 +118,9 @@ class RunLock:
             os.rmdir(self.folder)
 
 
-class Stopped(Exception):
-    """Training saved its state and stopped early because a signal asked it to."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 class StopSignals:
     """SIGTERM (scancel, preemption, Kubernetes), SIGUSR1 (SLURM's --signal) and a first Ctrl-C only set
-    `signum`; the training loop checks it between steps, saves and raises Stopped. A second Ctrl-C
+    `signum`; the training loop checks it between steps (and evaluation batches), saves and stops. A second Ctrl-C
     raises KeyboardInterrupt at once. Further SIGTERMs are ignored: torchrun forwards one to its
     workers after a Ctrl-C, and the save that is under way must finish."""
 
@@ -145,7 +137,7 @@ class StopSignals:
             return
         self.signum = signum
         if self.announce:  # os.write: print() may be mid-call in the interrupted code, and is not reentrant
-            os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint after this step "
+            os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint, then stopping "
                         "(Ctrl-C again stops at once, without saving)\n".encode())
 
     @staticmethod

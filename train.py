@@ -282,6 +282,22 @@ def main(argv):
         if cfg["keep_last"] and any(os.path.basename(p).startswith("ckpt_") for p in paths):
             prune_snapshots(cfg["out_dir"], cfg["keep_last"], set(cfg["save_iters"]), log)
 
+    def stop_signal():
+        """The signal that asked this run to stop, agreed by every process (0: none)."""
+        return stop.signum or 0 if world_size == 1 else agree(stop.signum, world_size, device, any_rank=True)
+
+    def stopped():
+        """Save where the loop stands (every process takes part, as in any save); 128 + the signal."""
+        signum = stop_signal()
+        path = ckpt_path if cfg["always_save_checkpoint"] else snapshot_path(cfg["out_dir"], iter_num)
+        if iter_num == start_iter:
+            log(f"stopped by {stop.name(signum)} before the first step: there is nothing new to save")
+        else:
+            save([path], evaluated=False)
+            log(f"stopped by {stop.name(signum)}: saved {path} at iteration {iter_num}; to continue, run the "
+                "same command with --init_from=resume")
+        return 128 + signum
+
     start_iter = iter_num
     have_ckpt = agree(os.path.exists(ckpt_path), world_size)  # the same save decisions everywhere: rank 0's disk
     if start_iter > cfg["max_iters"]:
@@ -293,13 +309,8 @@ def main(argv):
         lr = get_lr(iter_num, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        signum = stop.signum if world_size == 1 else agree(stop.signum, world_size, device, any_rank=True)
-        if signum and iter_num > start_iter and not last_step:
-            path = ckpt_path if cfg["always_save_checkpoint"] else snapshot_path(cfg["out_dir"], iter_num)
-            save([path], evaluated=False)  # every process takes part, as in any save
-            log(f"stopped by {stop.name(signum)}: saved {path} at iteration {iter_num}; to continue, run the "
-                "same command with --init_from=resume")
-            return 128 + signum
+        if stop_signal() and iter_num > start_iter and not last_step:
+            return stopped()
 
         # A resumed run skips the evaluation its checkpoint was saved right after.
         paths = []
@@ -307,7 +318,9 @@ def main(argv):
                                                                    or last_step or cfg["eval_only"] or not evaluated):
             if iter_num == start_iter and cfg["eval_iters"] * cfg["batch_size"] * cfg["block_size"] > 1e6:
                 log(f"evaluating the loss on {cfg['eval_iters']} batches per split (a while on a CPU)")
-            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size)
+            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size, stop_signal)
+            if losses is None:
+                return stopped()
             log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             check_finite(losses, iter_num, ckpt_path)
             record = {"kind": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],

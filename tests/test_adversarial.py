@@ -77,7 +77,7 @@ def test_a_signal_saves_the_step_and_resuming_ends_identical(tmp_path, char_data
     stdout, stderr = proc.communicate()
     assert proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines() == [
-        f"received {signal.Signals(sig).name}: saving a checkpoint after this step (Ctrl-C again stops at once, "
+        f"received {signal.Signals(sig).name}: saving a checkpoint, then stopping (Ctrl-C again stops at once, "
         "without saving)"]
     stopped = [line for line in stdout.splitlines() if line.startswith("stopped by")]
     saved = load(out / "ckpt.pt")
@@ -425,3 +425,23 @@ def test_a_checkpoint_without_optimizer_state_resumes_with_a_note(tmp_path, char
     torch.save(ckpt, path)
     one_error_line(train(tmp_path, char_data, "--max_iters=4", "--init_from=resume", check=False),
                    f"{path} does not hold the GPT its model_args describe (TypeError")
+
+
+def test_a_signal_during_a_long_evaluation_is_answered_at_once(tmp_path, char_data):
+    out = tmp_path / "out"
+    proc = start(tmp_path, char_data, out, "--max_iters=10", "--eval_iters=1000000")  # evaluates for hours
+    wait_for(proc, "memory estimate")
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate()
+    assert proc.returncode == 143 and "stopped by SIGTERM before the first step: there is nothing new to save" \
+        in stdout and not out.exists()
+    train(tmp_path, char_data, "--max_iters=4", "--eval_interval=4")
+    proc = start(tmp_path, char_data, out, "--max_iters=10", "--eval_interval=6", "--eval_iters=1000000",
+                 "--init_from=resume")
+    wait_for(proc, "iter 5:")  # the evaluation at 6 has begun, or is about to
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate()
+    assert proc.returncode == 143 and f"saved {out / 'ckpt.pt'} at iteration 6" in stdout
+    assert load(out / "ckpt.pt")["evaluated"] is False
+    res = train(tmp_path, char_data, "--max_iters=7", "--eval_interval=6", "--init_from=resume")
+    assert "step 6: train loss" in res.stdout  # the evaluation that was cut short is done on resume
