@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -17,6 +18,7 @@ def quickstart_commands():
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_readme_quickstart_from_a_fresh_clone(tmp_path):
     commands = quickstart_commands()
     assert len(commands) == 2 and commands[1].endswith("python -m pytest -q tests")
