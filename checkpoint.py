@@ -83,6 +83,8 @@ def find_resume_checkpoint(out_dir, log):
         try:  # mmap reads only the small values, not every tensor
             iter_num = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iter_num", 0)
         except Exception:
+            iter_num = None
+        if type(iter_num) is not int:  # unreadable, or not a checkpoint of ours
             broken.append(path)
             continue
         if iter_num > best_iter:
@@ -124,6 +126,13 @@ def load_checkpoint(path):
         raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a GPT checkpoint")
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: not a GPT checkpoint")
+    best, it = ckpt.get("best_val_loss", 0.0), ckpt.get("iter_num", 0)
+    malformed = [k for k, ok in (("model", isinstance(ckpt["model"], dict)),
+                                 ("model_args", isinstance(ckpt["model_args"], dict)),
+                                 ("iter_num", type(it) is int and it >= 0),
+                                 ("best_val_loss", isinstance(best, (int, float)) or torch.is_tensor(best))) if not ok]
+    if malformed:
+        raise UserError(f"checkpoint {path} has a malformed {', '.join(malformed)}; the file was left as it is")
     ckpt["model"] = strip_wrapper_prefixes(ckpt["model"])
     if torch.is_tensor(ckpt.get("best_val_loss")):
         ckpt["best_val_loss"] = ckpt["best_val_loss"].item()  # nanoGPT stored a tensor

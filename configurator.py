@@ -19,8 +19,10 @@ class UserError(Exception):
     """A mistake the user can fix. Scripts print it as one `error: ...` line and exit non-zero."""
 
 
-# failures of the machine, not of our code: a full disk, a folder the user can't write, a read-only mount
-WORLD_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+# failures of the machine or of a path, not of our code: a full disk, a folder the user can't write, a
+# read-only mount, a path through a file or to a folder that isn't there
+WORLD_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
+                errno.EISDIR)
 
 
 def run_main(main):

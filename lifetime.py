@@ -29,8 +29,11 @@ def fsync_folder(folder):
 
 
 def free_bytes(folder):
-    st = os.statvfs(folder) if hasattr(os, "statvfs") else None
-    return st.f_bavail * st.f_frsize if st else float("inf")
+    try:
+        st = os.statvfs(folder)
+    except (AttributeError, OSError):  # no statvfs here, or no such folder
+        return float("inf")
+    return st.f_bavail * st.f_frsize
 
 
 def atomic_write(path, write, size_hint=None):
@@ -39,6 +42,8 @@ def atomic_write(path, write, size_hint=None):
     two writers never share one; on any failure (disk full, Ctrl-C, an error in write) it is removed
     and path is left as it was. A full disk is a UserError naming path and the bytes it needed."""
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"can't write {path}: the folder {os.path.dirname(path) or '.'} does not exist")
     tmp = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
     try:
         if size_hint and size_hint > free_bytes(folder):

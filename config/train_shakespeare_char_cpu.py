@@ -1,6 +1,5 @@
-# The character-level shakespeare model sized for a laptop CPU: 2000 steps took 94 s on our 2-core CPU.
-#   python data/shakespeare_char/prepare.py
-#   python train.py config/train_shakespeare_char_cpu.py
+# The character-level shakespeare model sized for a laptop CPU: 2000 steps took 71-78 s on our 2-core CPU.
+#   python train.py config/train_shakespeare_char_cpu.py   # prepares data/shakespeare_char first if needed
 #   python sample.py --out_dir=out-shakespeare-char-cpu
 # Same settings as nanoGPT's README CPU command (we measured val loss 1.8974 at step 2000).
 

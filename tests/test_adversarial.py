@@ -445,3 +445,23 @@ def test_a_signal_during_a_long_evaluation_is_answered_at_once(tmp_path, char_da
     assert load(out / "ckpt.pt")["evaluated"] is False
     res = train(tmp_path, char_data, "--max_iters=7", "--eval_interval=6", "--init_from=resume")
     assert "step 6: train loss" in res.stdout  # the evaluation that was cut short is done on resume
+
+
+def test_paths_that_lead_nowhere_and_malformed_checkpoint_values_are_one_line(tmp_path, char_data):
+    char_checkpoint(str(tmp_path / "out"), char_data[2])
+    (tmp_path / "afile").write_text("mine")
+    res = run_script("eval.py", "--task=export_hf", f"--out_dir={tmp_path / 'out'}",
+                     f"--export_dir={tmp_path / 'afile' / 'hf'}", cwd=tmp_path, check=False)
+    one_error_line(res, "Not a directory")
+    log = tmp_path / "run" / "log.jsonl"
+    log.parent.mkdir()
+    log.write_text('{"kind": "train", "iter": 1, "loss": 2.0, "lr": 0.001}\n')
+    res = run_script("plot.py", f"--out_dir={log.parent}", f"--output={tmp_path / 'nowhere' / 'x.png'}",
+                     cwd=tmp_path, check=False)
+    one_error_line(res, f"the folder {tmp_path / 'nowhere'} does not exist")
+    ckpt = load(tmp_path / "out" / "ckpt.pt")
+    ckpt["iter_num"] = "2"
+    torch.save(ckpt, tmp_path / "out" / "ckpt.pt")
+    one_error_line(train(tmp_path, char_data, "--init_from=resume", check=False), "has a malformed iter_num")
+    assert not (tmp_path / "nowhere").exists() and os.listdir(tmp_path / "out") == ["ckpt.pt"]
+    assert (tmp_path / "afile").read_text() == "mine"
