@@ -202,9 +202,9 @@ def read_meta_json(path, folder):
     except ValueError as e:
         problem = f"not valid JSON: {e}"
     if problem is None:
-        size, itos = meta.get("vocab_size") if isinstance(meta, dict) else None, meta.get("itos") \
-            if isinstance(meta, dict) else None
-        if not isinstance(meta, dict) or type(size) is not int or not 0 < size <= 2 ** 16:
+        fields = meta if isinstance(meta, dict) else {}
+        size, itos = fields.get("vocab_size"), fields.get("itos")
+        if type(size) is not int or not 0 < size <= 2 ** 16:
             problem = "it needs a 'vocab_size' between 1 and 65536"
         elif "itos" in meta and not (isinstance(itos, list) and len(itos) == size
                                      and all(isinstance(c, str) for c in itos)):
