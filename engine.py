@@ -118,7 +118,8 @@ class KVCache:
     linear layers during generation (see `linear`)."""
 
     def __init__(self, config, batch_size):
-        self.shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        # one position more than any view of them: a compiled step never meets the full length as a special case
+        self.shape = (config.n_layer, batch_size, config.n_head, config.block_size + 1, config.n_embd // config.n_head)
         self.k = self.v = None  # allocated at the first store, in the dtype the layers produce (autocast)
         self.pos = 0  # position of the first token of the forward pass in progress; set by the caller
         self.mask = None  # (T, pos + T): -inf at the keys each query must not see, else 0; set at layer 0
@@ -224,28 +225,41 @@ class KVCache:
         return out
 
 
-def compile_step(model, device, log=print):
-    """On CUDA, a torch.compile'd hidden_states for the decode steps, else None. Compiled kernels
-    fuse and round differently, so exact equality with the (eager) reference holds only without it."""
+def compile_step(model, device, log=print, on_cpu=False):
+    """A torch.compile'd model.hidden_states for the decode steps on CUDA (on CPU only with on_cpu:
+    the eager step is already memory-bound there, so compiling only costs start-up time), else None.
+    Compiled kernels fuse and round differently: exact equality with the (eager) reference holds only
+    without it. Inductor compiles at the first call, so that is where a broken toolchain shows: the
+    step returned falls back to eager for good then, with a note, rather than end the generation."""
     from runtime import compile_problem
-    if torch.device(device).type != "cuda":
-        return None  # on CPU the eager step is already memory-bound; compiling only costs start-up time
+    if torch.device(device).type != "cuda" and not on_cpu:
+        return None
     problem = compile_problem(str(device))
     if problem:
         log(f"note: decoding without torch.compile: {problem}")
         return None
-    try:
-        return torch.compile(model.hidden_states, dynamic=True)
-    except Exception as e:  # an old or broken inductor: fall back to eager, say so once
-        log(f"note: decoding without torch.compile ({type(e).__name__}: {e})")
-        return None
+    # dynamic: one graph for every cache length (the cache's buffers are longer than any view of
+    # them, so no length is a special case that would recompile mid-generation)
+    compiled = [torch.compile(model.hidden_states, dynamic=True)]
+
+    def step(idx, cache):
+        if compiled:
+            try:
+                return compiled[0](idx, cache)
+            except Exception as e:  # noqa: BLE001 (an inductor/Triton failure; the eager step redoes it)
+                compiled.clear()
+                first_line = (str(e).strip().splitlines() or [""])[0][:160]
+                log(f"note: decoding without torch.compile ({type(e).__name__}: {first_line})")
+        return model.hidden_states(idx, cache)
+    return step
 
 
 @torch.inference_mode()  # a little less bookkeeping per op than no_grad; generate returns a normal tensor
 def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_limit=None,
-           generator=None, use_cache=True, step_fn=None):
+           generator=None, use_cache=True, step_fn=None, logits_out=None):
     """Yield the next ids (B, 1) one step at a time; `generate` collects them. step_fn replaces
-    model.hidden_states for decode steps (see compile_step)."""
+    model.hidden_states for decode steps (see compile_step); logits_out, a list, receives each
+    step's logits (B, V) (bench.py compares the paths by them where kernels differ)."""
     if max_new_tokens <= 0:
         return
     config = model.config
@@ -266,6 +280,8 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         cached = min(T, config.block_size)
         x = h[:, -1, :].clone()  # clone: same alignment in both paths
         logits = cache.greedy_logits(model.lm_head, x, vocab_limit) if greedy else cache.logits(model.lm_head, x)
+        if logits_out is not None:
+            logits_out.append(logits)
         next_id = sample_next(logits, temperature, top_k, top_p, generator, vocab_limit)
         ctx = torch.cat((ctx, next_id), dim=1)[:, -(config.block_size + 1):]
         yield next_id

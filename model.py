@@ -205,12 +205,13 @@ class GPT(nn.Module):
         # the fused kernel is fastest on CUDA and, since torch 2.4, also on CPU
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation: achieved FLOP/s over peak_flops (None when the peak is unknown)."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops, seq_len=None):
+        """Model FLOPs utilisation of fwdbwd_per_iter sequences of seq_len tokens (default: block_size)
+        a step taking dt seconds: achieved FLOP/s over peak_flops (None when the peak is unknown)."""
         if not peak_flops or dt <= 0:
             return None
         cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, seq_len or cfg.block_size
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T  # PaLM paper, appendix B
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
@@ -250,6 +251,8 @@ def device_peak_flops(device):
     name = torch.cuda.get_device_name(device)
     if "H100" in name and "PCIe" in name:
         return 756e12
+    if ("H100" in name or "H200" in name) and "NVL" in name:  # the PCIe boards' lower clocks
+        return 835e12
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
 
 

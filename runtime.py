@@ -129,6 +129,8 @@ def setup_distributed(backend, device):
     Returns (rank, local_rank, world_size, device); device becomes cuda:LOCAL_RANK on GPUs."""
     found = distributed_env()
     if found is None:
+        if device.startswith("cuda"):  # --device=cuda:1: the current device, so kernels and RNG states use it
+            torch.cuda.set_device(device)
         return 0, 0, 1, device
     rank, local_rank, world_size = found
     kind = device.split(":")[0]
@@ -139,7 +141,8 @@ def setup_distributed(backend, device):
         backend = "nccl" if kind == "cuda" else "gloo"
     if backend == "nccl" and kind != "cuda":
         raise UserError(f"backend nccl needs CUDA GPUs; on {kind} use --backend=gloo (or --backend=auto)")
-    torch.distributed.init_process_group(backend=backend)
+    # device_id binds NCCL's communicator to this process's GPU at once (no guessing, no extra context)
+    torch.distributed.init_process_group(backend=backend, device_id=torch.device(device) if backend == "nccl" else None)
     return rank, local_rank, world_size, device
 
 

@@ -313,7 +313,7 @@ def main(argv):
             return stopped()
 
         # A resumed run skips the evaluation its checkpoint was saved right after.
-        paths = []
+        paths, t_pause = [], time.time()  # evaluations and saves stay out of the step times logged
         if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
                                                                    or last_step or cfg["eval_only"] or not evaluated):
             if iter_num == start_iter and cfg["eval_iters"] * cfg["batch_size"] * cfg["block_size"] > 1e6:
@@ -349,6 +349,7 @@ def main(argv):
         if paths and (iter_num > 0 or last_step) and not cfg["eval_only"]:
             save(paths)
             have_ckpt = have_ckpt or ckpt_path in paths
+        t_log += time.time() - t_pause
         if cfg["eval_only"] or last_step:
             if last_step and not cfg["eval_only"]:
                 log(f"done. Sample from it: python sample.py --out_dir={cfg['out_dir']}\n"
@@ -363,8 +364,7 @@ def main(argv):
                 model.set_requires_gradient_sync(sync)
             with model.no_sync() if world_size > 1 and not fsdp and not sync else nullcontext():
                 with ctx:
-                    _, loss = model(x, y)
-                    loss = loss / accum
+                    loss = model(x, y)[1] / accum  # the logits are freed now, not after the optimizer step
                 x, y = train_batch(iter_num + (m + 1) // accum, (m + 1) % accum)  # fetch ahead while the GPU works
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
@@ -385,7 +385,9 @@ def main(argv):
             dt = (now - t_log) / iters_since_log
             t_log, iters_since_log = now, 0
             logs_done += 1
-            mfu = raw_model.estimate_mfu(cfg["batch_size"] * accum, dt, peak_flops)
+            # the first line's time includes compiling (and warm-up): no utilisation figure for it
+            mfu = raw_model.estimate_mfu(cfg["batch_size"] * accum, dt, peak_flops, cfg["block_size"]) \
+                if logs_done > 1 else None
             mfu_text = "n/a" if mfu is None else f"{mfu * 100:.2f}%"
             tok_s, eta = tokens_per_iter / dt, (cfg["max_iters"] - iter_num - 1) * dt
             log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}, "
