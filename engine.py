@@ -268,7 +268,8 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     rows, cached = DECODE_ROWS, 0  # cached: positions whose keys/values in the cache are valid for ctx
     ctx = idx[:, -config.block_size:]
     greedy = use_cache and B == 1 and (temperature == 0 or top_k == 1)
-    cache.pack(model, greedy)
+    if step_fn is None:  # a compiled step chooses its own kernels (inductor cannot lower oneDNN's packed ones)
+        cache.pack(model, greedy)
     for _ in range(max_new_tokens):
         T = ctx.size(1)
         if use_cache and FULL_UP_TO < T <= config.block_size and cached >= T - rows:
