@@ -129,7 +129,7 @@ def setup_distributed(backend, device):
     Returns (rank, local_rank, world_size, device); device becomes cuda:LOCAL_RANK on GPUs."""
     found = distributed_env()
     if found is None:
-        if device.startswith("cuda"):  # --device=cuda:1: the current device, so kernels and RNG states use it
+        if device.startswith("cuda:"):  # --device=cuda:1: the current device, so kernels and RNG states use it
             torch.cuda.set_device(device)
         return 0, 0, 1, device
     rank, local_rank, world_size = found
