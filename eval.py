@@ -159,9 +159,12 @@ def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), ra
     mine = list(range(rank, len(items), world_size))
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # items, right by sum, right by mean
     losses = {}
-    for start in tqdm(range(0, len(mine), batch_size), desc="hellaswag", disable=not progress):
+    # Every process runs as many forward passes (FSDP gathers weights in each, all processes together):
+    # a process with fewer items scores item 0 again for the missing batch and drops the result.
+    n_batches = -(-len(range(0, len(items), world_size)) // batch_size)
+    for start in tqdm(range(0, n_batches * batch_size, batch_size), desc="hellaswag", disable=not progress):
         batch = mine[start:start + batch_size]
-        sequences = [s for i in batch for s in item_sequences(enc, items[i], model.config.block_size)]
+        sequences = [s for i in batch or [0] for s in item_sequences(enc, items[i], model.config.block_size)]
         sums = summed_losses(model, sequences, device, ctx)
         k = 0
         for i in batch:

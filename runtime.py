@@ -86,9 +86,11 @@ def compile_probe(device):
     return None
 
 
-def maybe_compile(model, enabled, device, log=print):
+def maybe_compile(model, enabled, device, log=print, blocks=False):
     """Compile the model in place (its state_dict keeps plain names) when enabled and possible here;
-    otherwise leave it eager with a one-line note. Returns whether it was compiled."""
+    otherwise leave it eager with a one-line note. Returns whether it was compiled. blocks: compile
+    each transformer block on its own instead (before FSDP2 shards them: its hooks run between blocks,
+    and inside one whole-model graph they would break it at every block)."""
     if not enabled:
         return False
     problem = compile_problem(device) or compile_probe(device)
@@ -96,7 +98,8 @@ def maybe_compile(model, enabled, device, log=print):
         log(f"warning: running without torch.compile: {problem} (pass --compile=False to silence this)")
         return False
     log("compiling the model with torch.compile: the first forward pass waits for it (a minute or more)")
-    model.compile()
+    for module in model.transformer.h if blocks else [model]:
+        module.compile()
     return True
 
 
@@ -183,14 +186,16 @@ def shard_model(model, dtype):
     fully_shard(model, mp_policy=mp)
 
 
-def gather_full(obj):
-    """A (nested) state dict with every sharded DTensor gathered whole, on the CPU. Collective under
-    FSDP: every process must call it, and the result is an ordinary checkpoint anyone can load."""
+def gather_full(obj, keep=True):
+    """A (nested) state dict with every sharded DTensor gathered whole, on the CPU: an ordinary checkpoint
+    anyone can load. Collective under FSDP: every process must call it, one tensor at a time; only a
+    process with keep (rank 0, which saves) holds the copies, the others drop each one at once."""
     from torch.distributed.tensor import DTensor
     if isinstance(obj, DTensor):
-        return obj.full_tensor().cpu()
+        full = obj.full_tensor()
+        return full.cpu() if keep else None
     if isinstance(obj, dict):
-        return {k: gather_full(v) for k, v in obj.items()}
+        return {k: gather_full(v, keep) for k, v in obj.items()}
     return obj
 
 

@@ -216,7 +216,8 @@ def main(argv):
         raise UserError(f"block_size={cfg['block_size']} is larger than the model's {model.config.block_size}")
     model.to(device)
     fsdp = cfg["fsdp"] and world_size > 1
-    if fsdp:
+    if fsdp:  # blocks compile before sharding (runtime.maybe_compile)
+        maybe_compile(model, cfg["compile"], device, log, blocks=True)
         shard_model(model, dtype)
     torch.manual_seed(cfg["seed"] + rank)  # dropout differs between processes
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
@@ -238,7 +239,8 @@ def main(argv):
     if not model_vocab:
         model_vocab = vocab if vocab and "itos" in vocab else {"tokenizer": "gpt2"}
     model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
-    maybe_compile(model, cfg["compile"], device, log)
+    if not fsdp:
+        maybe_compile(model, cfg["compile"], device, log)
     raw_model = model
     if world_size > 1 and not fsdp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
@@ -269,7 +271,7 @@ def main(argv):
             dist.all_gather_object(states, rng_state())
         model_state, optim_state = raw_model.state_dict(), optimizer.state_dict()
         if fsdp:  # gather the shards: the checkpoint loads anywhere, sharded or not
-            model_state, optim_state = gather_full(model_state), gather_full(optim_state)
+            model_state, optim_state = gather_full(model_state, master), gather_full(optim_state, master)
         if not master:
             return
         os.makedirs(cfg["out_dir"], exist_ok=True)
