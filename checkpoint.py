@@ -160,6 +160,11 @@ def restore_optimizer(optimizer, ckpt, path, log, shard=None):
     if not ckpt.get("optimizer"):
         log(f"note: {path} holds no optimizer state; the optimizer's moments start afresh")
         return
+    from optim import state_kind
+    saved, wanted = state_kind(ckpt["optimizer"]), state_kind(optimizer.state_dict())
+    if saved != wanted:  # e.g. a nanoGPT (AdamW) checkpoint continued with --optimizer=muon
+        log(f"note: {path} holds {saved} state and this run uses {wanted}: the optimizer state starts afresh")
+        return
     try:
         optimizer.load_state_dict(shard(ckpt["optimizer"], optimizer) if shard else ckpt["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as e:

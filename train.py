@@ -26,6 +26,7 @@ from dataloader import EpochOrder, open_splits, prepare_if_local, split_files
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
 from lifetime import RunLock, StopSignals
 from model import device_peak_flops
+from optim import build_optimizer, set_lr
 from runtime import (agree, autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
                      shard_model, shard_optimizer_state, teardown_distributed)
 
@@ -61,8 +62,11 @@ DEFAULTS = dict(
     n_embd=768,
     dropout=0.0,                   # 0 for pretraining; try 0.1+ when finetuning
     bias=False,                    # biases in Linear and LayerNorm layers
-    # AdamW
-    learning_rate=6e-4,            # peak learning rate
+    # optimizer: AdamW for everything, or Muon for the blocks' matrices and AdamW for the rest (optim.py)
+    optimizer="adamw",             # 'adamw' or 'muon' (torch 2.9+)
+    muon_lr=0.02,                  # Muon's peak learning rate (follows the same schedule)
+    muon_momentum=0.95,            # Muon's momentum (Nesterov)
+    learning_rate=6e-4,            # peak learning rate (AdamW)
     max_iters=600000,              # optimizer steps in the whole run
     weight_decay=1e-1,
     beta1=0.9,
@@ -116,7 +120,11 @@ def check_settings(cfg):
     for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if not 0 <= cfg[key] < math.inf:  # a negative grad_clip would silently climb the loss
             raise UserError(f"{key}={cfg[key]} must be a finite number >= 0")
-    for key in ("beta1", "beta2"):
+    if cfg["optimizer"] not in ("adamw", "muon"):
+        raise UserError(f"unknown optimizer '{cfg['optimizer']}': use adamw or muon")
+    if not 0 <= cfg["muon_lr"] < math.inf:
+        raise UserError(f"muon_lr={cfg['muon_lr']} must be a finite number >= 0")
+    for key in ("beta1", "beta2", "muon_momentum"):
         if not 0 <= cfg[key] < 1:
             raise UserError(f"{key}={cfg[key]} must be in [0, 1)")
     if not 0 <= cfg["seed"] < 2 ** 62:
@@ -166,6 +174,8 @@ def main(argv):
     accum = cfg["gradient_accumulation_steps"] // world_size
     if cfg["fsdp"] and dtype == "float16":
         raise UserError("fsdp=True does not support dtype float16 (its gradient scaler); use --dtype=bfloat16")
+    if cfg["fsdp"] and cfg["optimizer"] == "muon":  # Newton-Schulz needs whole matrices, FSDP holds shards
+        raise UserError("fsdp=True does not support optimizer=muon; use DDP (--fsdp=False) or --optimizer=adamw")
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
     log(f"world size {world_size}, device {device}, dtype {dtype}; tokens per iteration {tokens_per_iter:,}")
     torch.manual_seed(cfg["seed"])  # the same initial weights on every process
@@ -221,8 +231,7 @@ def main(argv):
         shard_model(model, dtype)
     torch.manual_seed(cfg["seed"] + rank)  # dropout differs between processes
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"],
-                                           (cfg["beta1"], cfg["beta2"]), device_type)
+    optimizer = build_optimizer(model, cfg, device_type)
     iter_num, best_val_loss, evaluated = 0, float("inf"), True
     if resumed:
         restore_optimizer(optimizer, ckpt, ckpt_path, log, shard_optimizer_state if fsdp else None)
@@ -309,8 +318,7 @@ def main(argv):
     for iter_num in range(start_iter, cfg["max_iters"] + 1):
         last_step = iter_num == cfg["max_iters"]
         lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         if stop_signal() and iter_num > start_iter and not last_step:
             return stopped()
 
