@@ -427,6 +427,7 @@ def test_a_checkpoint_without_optimizer_state_resumes_with_a_note(tmp_path, char
                    f"{path} does not hold the GPT its model_args describe (TypeError")
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_long_evaluation_is_answered_at_once(tmp_path, char_data):
     out = tmp_path / "out"
     proc = start(tmp_path, char_data, out, "--max_iters=10", "--eval_iters=1000000")  # evaluates for hours

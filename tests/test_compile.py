@@ -30,6 +30,7 @@ def breaks_and_recompiles(stderr):
     return stderr.count("Graph break"), stderr.count("Recompiling function")
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_with_no_graph_break(tmp_path, char_data):
     data = [f"--data_dir={char_data[0]}", f"--dataset={char_data[1]}"]
     steps = ["--max_iters=20", "--eval_interval=10"]
@@ -53,6 +54,7 @@ def test_compiled_training_matches_eager_with_no_graph_break(tmp_path, char_data
     assert sample.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_compiled_two_processes_ddp_and_fsdp_without_graph_breaks(tmp_path, char_data, mode):
     settings = ["--gradient_accumulation_steps=2", "--max_iters=10", "--eval_interval=5", "--eval_iters=4",

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, TINY, load, run_script, train
@@ -38,6 +39,7 @@ def run_all(procs):
     return [out for out, _ in outs]
 
 
+@pytest.mark.slow
 def test_fsdp_matches_ddp_and_its_checkpoint_loads_anywhere(tmp_path, char_data):
     single = train(tmp_path, char_data, *SETTINGS[len(TINY):], f"--out_dir={tmp_path / 'single'}")
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", os.path.join(REPO, "train.py"),

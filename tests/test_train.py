@@ -209,6 +209,7 @@ def test_all_config_files_load():
         assert cfg["max_iters"] >= 0
 
 
+@pytest.mark.slow
 def test_bench_runs_synthetic_and_real(tmp_path, char_data):
     small = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16",
              "--batch_size=2", "--burnin=1", "--steps=2"]
