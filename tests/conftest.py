@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -12,6 +13,12 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+# Tests press Ctrl-C in our scripts as a terminal would. A suite started in the background (`cmd &` in a
+# script) inherits SIGINT ignored, and so would every script it starts (they keep an ignored SIGINT, as
+# nohup asks): catch it here, so the children start with the default, as under a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # tiktoken downloads these two files for "gpt2" and caches each under the sha1 of its URL.
 GPT2_BPE_URLS = {
