@@ -26,7 +26,7 @@ from dataloader import EpochOrder, open_splits, prepare_if_local, split_files
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
 from lifetime import RunLock, StopSignals
 from model import device_peak_flops
-from optim import build_optimizer, set_lr
+from optim import build_optimizer, check_optimizer_settings, set_lr
 from runtime import (agree, autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
                      shard_model, shard_optimizer_state, teardown_distributed)
 
@@ -120,11 +120,8 @@ def check_settings(cfg):
     for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if not 0 <= cfg[key] < math.inf:  # a negative grad_clip would silently climb the loss
             raise UserError(f"{key}={cfg[key]} must be a finite number >= 0")
-    if cfg["optimizer"] not in ("adamw", "muon"):
-        raise UserError(f"unknown optimizer '{cfg['optimizer']}': use adamw or muon")
-    if not 0 <= cfg["muon_lr"] < math.inf:
-        raise UserError(f"muon_lr={cfg['muon_lr']} must be a finite number >= 0")
-    for key in ("beta1", "beta2", "muon_momentum"):
+    check_optimizer_settings(cfg)
+    for key in ("beta1", "beta2"):
         if not 0 <= cfg[key] < 1:
             raise UserError(f"{key}={cfg[key]} must be in [0, 1)")
     if not 0 <= cfg["seed"] < 2 ** 62:
@@ -174,8 +171,6 @@ def main(argv):
     accum = cfg["gradient_accumulation_steps"] // world_size
     if cfg["fsdp"] and dtype == "float16":
         raise UserError("fsdp=True does not support dtype float16 (its gradient scaler); use --dtype=bfloat16")
-    if cfg["fsdp"] and cfg["optimizer"] == "muon":  # Newton-Schulz needs whole matrices, FSDP holds shards
-        raise UserError("fsdp=True does not support optimizer=muon; use DDP (--fsdp=False) or --optimizer=adamw")
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
     log(f"world size {world_size}, device {device}, dtype {dtype}; tokens per iteration {tokens_per_iter:,}")
     torch.manual_seed(cfg["seed"])  # the same initial weights on every process
