@@ -1,30 +1,32 @@
-"""Checkpoint and vocabulary I/O: writing ckpt.pt safely, reading ours and nanoGPT's; the run's log.jsonl;
-and the model train.py starts from (new, resumed, or GPT-2's), checked against the settings.
+"""Checkpoints: writing them safely, reading ours and nanoGPT's, the model a script starts from, and the
+run's checkpoints while it trains (what to save when, and what a stop saves).
 
 A checkpoint is a dict with nanoGPT's keys -- model, optimizer, model_args, iter_num,
-best_val_loss, config -- plus our own (scaler, vocab). Everything is loaded with
+best_val_loss, config -- plus our own (scaler, vocab, rng, evaluated). Everything is loaded with
 torch.load(weights_only=True): a checkpoint can hold tensors and plain values, never code.
 """
 import glob
-import json
-import math
 import os
-import pickle
 import random
 import re
+import signal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from configurator import UserError
-from lifetime import atomic_write
-from model import GPT, GPTConfig, HF_NAMES
+from errors import UserError, reason
+from hf import NAMES as GPT2_NAMES
+from model import GPT, GPTConfig
+from runtime import agree, gather_full, shard_optimizer_state
+from safety import atomic_write
+from tokenizer import Tokenizer, load_vocab
 
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
 
 def save_checkpoint(ckpt, path):
-    """Write ckpt whole or not at all (lifetime.atomic_write): a crash or a full disk mid-write leaves the
+    """Write ckpt whole or not at all (safety.atomic_write): a crash or a full disk mid-write leaves the
     previous checkpoint as it was."""
     size = sum(t.nbytes for t in _tensors(ckpt))
     atomic_write(path, lambda f: torch.save(ckpt, f), size_hint=size)
@@ -148,8 +150,7 @@ def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
         model = GPT(GPTConfig(**args))
         model.load_state_dict(ckpt["model"])
     except Exception as e:  # missing or misshapen weights, model_args of the wrong types
-        reason = (str(e).strip().splitlines() or [""])[-1].strip()[:160]
-        raise UserError(f"{path} does not hold the GPT its model_args describe ({type(e).__name__}: {reason}); "
+        raise UserError(f"{path} does not hold the GPT its model_args describe ({reason(e, last=True)}); "
                         "the file was left as it is") from None
     return model
 
@@ -172,55 +173,6 @@ def restore_optimizer(optimizer, ckpt, path, log, shard=None):
                         f"{str(e)[:160]}); the file was left as it is") from None
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: meta.pkl may only hold plain data")
-
-
-def load_vocab(folder):
-    """The dataset's vocabulary as {'vocab_size', 'itos' (list of chars) or 'tokenizer'}, or None.
-    Reads our meta.json, else nanoGPT's meta.pkl (plain dicts only: nothing in it is executed)."""
-    json_path, pkl_path = os.path.join(folder, "meta.json"), os.path.join(folder, "meta.pkl")
-    if os.path.isfile(json_path):
-        return read_meta_json(json_path, folder)
-    if os.path.isfile(pkl_path):
-        try:
-            with open(pkl_path, "rb") as f:
-                meta = _PlainUnpickler(f).load()
-            itos = meta["itos"]
-            return {"vocab_size": meta["vocab_size"], "itos": [itos[i] for i in range(len(itos))]}
-        except Exception as e:
-            raise UserError(f"{pkl_path} is not a nanoGPT vocabulary file ({e})") from None
-    return None
-
-
-def read_meta_json(path, folder):
-    """meta.json checked for what train.py and sample.py use; anything else is one line naming the fix."""
-    script = os.path.join(folder, "prepare.py")
-    fix = f"python {script}" if os.path.isfile(script) else "data/prepare_text.py (--force=True replaces it)"
-    problem = None
-    try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
-    except ValueError as e:
-        problem = f"not valid JSON: {e}"
-    if problem is None:
-        fields = meta if isinstance(meta, dict) else {}
-        size, itos = fields.get("vocab_size"), fields.get("itos")
-        if type(size) is not int or not 0 < size <= 2 ** 16:
-            problem = "it needs a 'vocab_size' between 1 and 65536"
-        elif "itos" in meta and not (isinstance(itos, list) and len(itos) == size
-                                     and all(isinstance(c, str) for c in itos)):
-            problem = "its 'itos' must be a list of vocab_size strings"
-        elif "itos" not in meta and meta.get("tokenizer") != "gpt2":
-            problem = "it needs 'itos' (a character vocabulary) or \"tokenizer\": \"gpt2\""
-    if problem:
-        raise UserError(f"{path} is not a usable vocabulary file ({problem}); rewrite it with {fix}")
-    return meta
-
-
 def rng_state():
     """Every random number generator a training step can draw from, to resume bit for bit."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -241,53 +193,6 @@ def set_rng_state(state):
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def append_jsonl(path, record):
-    """Add one JSON object as a line of path; inf/NaN become null so every line stays valid JSON."""
-    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def read_jsonl(path):
-    """The JSON records of a log file, in order, skipping a last line cut short by a crash."""
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("iter"), int):
-                records.append(record)
-    return records
-
-
-def start_metrics_log(path, resume_iter=None):
-    """Check log.jsonl before a run appends to it. A new run never takes over another run's log. A resumed
-    run keeps the records its checkpoint had seen, evals up to resume_iter and steps before it (a crashed
-    run's later records would be repeated): the kept ones are written to a new file renamed over the old."""
-    if not os.path.exists(path):
-        return
-    if resume_iter is None:
-        raise UserError(f"{path} holds another run's log (a run that stopped before its first checkpoint?); "
-                        "move it away or choose another --out_dir")
-    records = read_jsonl(path)
-    keep = [r for r in records if r["iter"] < resume_iter or (r["iter"] == resume_iter and r.get("kind") == "eval")]
-    if keep != records or os.path.getsize(path) != sum(len(json.dumps(r)) + 1 for r in records):
-        atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
-
-
-def check_vocab(model_vocab, data_vocab, vocab_size, dataset):
-    """A model can only go on training on data written with its own vocabulary."""
-    if not data_vocab:
-        return  # no meta.json/meta.pkl: nothing to compare
-    describe = lambda v: f"a {len(v['itos'])}-character vocabulary" if v.get("itos") else "GPT-2's BPE"  # noqa: E731
-    if data_vocab["vocab_size"] > vocab_size or (model_vocab and model_vocab.get("itos") != data_vocab.get("itos")):
-        raise UserError(f"vocabulary mismatch: dataset '{dataset}' was prepared with {describe(data_vocab)}, "
-                        f"the model uses {describe(model_vocab or {})} ({vocab_size} ids); prepare the data with "
-                        "the model's tokenizer, or train a new model with --init_from=scratch")
-
-
 # ----------------------------------------------------------------------------- train.py's model
 
 def adopt_model_shape(cfg, given, config, source):
@@ -302,26 +207,107 @@ def adopt_model_shape(cfg, given, config, source):
             cfg[key] = ours
 
 
-def init_model(cfg, vocab, log):
-    """(model, checkpoint or None) for cfg['init_from']."""
-    init_from = cfg["init_from"]
-    if init_from == "scratch":
-        vocab_size = vocab["vocab_size"] if vocab and "itos" in vocab else 50304
-        log(f"initializing a new model from scratch (vocab_size {vocab_size})")
-        return GPT(GPTConfig(vocab_size=vocab_size, **{k: cfg[k] for k in MODEL_ARGS if k != "vocab_size"})), None
+def load_model(init_from, out_dir, log=print, training=False, dropout=None):
+    """(model, checkpoint or None) for init_from: 'resume' (out_dir's ckpt.pt; when training, its newest
+    checkpoint that reads back whole), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder."""
     if init_from == "resume":
-        path = find_resume_checkpoint(cfg["out_dir"], log)
+        path = find_resume_checkpoint(out_dir, log) if training else os.path.join(out_dir, "ckpt.pt")
         ckpt = load_checkpoint(path)
-        log(f"resuming from {path} at iteration {ckpt.get('iter_num', 0)}")
-        return model_from_checkpoint(ckpt, dropout=cfg["dropout"], path=path), ckpt
-    if init_from in HF_NAMES or os.path.isdir(init_from):
-        log(f"initializing from GPT-2 weights: {init_from}")
+        if training:
+            log(f"resuming from {path} at iteration {ckpt.get('iter_num', 0)}")
+        ckpt["path"] = path
+        return model_from_checkpoint(ckpt, dropout=dropout, path=path), ckpt
+    if init_from in GPT2_NAMES or os.path.isdir(init_from):
+        if training:
+            log(f"initializing from GPT-2 weights: {init_from}")
         try:
-            model = GPT.from_pretrained(init_from, dict(dropout=cfg["dropout"]))
+            return GPT.from_pretrained(init_from, dict(dropout=dropout or 0.0)), None
         except ValueError as e:
             raise UserError(str(e)) from None
-        if cfg["block_size"] < model.config.block_size:
-            model.crop_block_size(cfg["block_size"])
-        return model, None
-    raise UserError(f"unknown init_from '{init_from}': use scratch, resume, "
-                    f"{', '.join(HF_NAMES)}, or a directory holding a Hugging Face GPT-2 checkpoint")
+    raise UserError(f"unknown init_from '{init_from}': use {'scratch, ' if training else ''}resume, "
+                    f"{', '.join(GPT2_NAMES)}, or a directory holding a Hugging Face GPT-2 checkpoint")
+
+
+def load_model_and_tokenizer(cfg):
+    """(model, Tokenizer) for sample.py and eval.py: a checkpoint decodes with its own vocabulary (nanoGPT's
+    with its dataset's meta.pkl), everything else with GPT-2's BPE."""
+    model, ckpt = load_model(cfg["init_from"], cfg["out_dir"])
+    vocab = ckpt.get("vocab") if ckpt else None
+    if ckpt and vocab is None and "dataset" in ckpt.get("config", {}):  # a nanoGPT checkpoint: look by the data
+        vocab = load_vocab(os.path.join(ckpt["config"].get("data_dir", cfg["data_dir"]), ckpt["config"]["dataset"]))
+    return model, Tokenizer(vocab.get("itos") if vocab else None)
+
+
+class Checkpoints:
+    """The checkpoints of one training run in out_dir: ckpt.pt at evaluations, best.pt, snapshots, and the
+    save a stop asks for. Every process calls save() and stop() at the same steps: gathering the random
+    states (and FSDP's shards) is collective. best_val_loss is the best evaluation so far."""
+
+    def __init__(self, cfg, model, optimizer, scaler, vocab, ckpt, rank, world_size, log):
+        self.cfg, self.model, self.optimizer, self.scaler, self.vocab = cfg, model, optimizer, scaler, vocab
+        self.world_size, self.log, self.resumed = world_size, log, ckpt is not None
+        self.fsdp = cfg["fsdp"] and world_size > 1
+        if ckpt:  # the optimizer, the gradient scaler and the random states continue where they stopped
+            restore_optimizer(optimizer, ckpt, ckpt["path"], log, shard_optimizer_state if self.fsdp else None)
+            if ckpt.get("scaler"):  # a disabled scaler (not float16) saved {}
+                scaler.load_state_dict(ckpt["scaler"])
+            if len(ckpt.get("rng", [])) == world_size:  # dropout continues exactly where it stopped
+                set_rng_state(ckpt["rng"][rank])
+            elif "rng" in ckpt:
+                log(f"note: the checkpoint's random states are for {len(ckpt['rng'])} processes, not {world_size}; "
+                    "dropout noise restarts from the seed")
+        self.path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        self.start_iter = ckpt.get("iter_num", 0) if ckpt else 0
+        self.best_val_loss = ckpt.get("best_val_loss", float("inf")) if ckpt else float("inf")
+        # False when a signal stopped the run between evaluations: a resumed run then evaluates at once
+        self.evaluated = ckpt.get("evaluated", True) if ckpt else True
+        self.have_ckpt = agree(os.path.exists(self.path), world_size)  # the same decisions everywhere: rank 0's disk
+
+    def due(self, iter_num, last_step, val_loss=None):
+        """Where to save at this step: after an evaluation, ckpt.pt (unless it did not improve and
+        always_save_checkpoint is off) and best.pt (keep_best); a snapshot when one is due."""
+        cfg, paths = self.cfg, []
+        if val_loss is not None:
+            improved = val_loss < self.best_val_loss
+            self.best_val_loss = min(self.best_val_loss, val_loss)
+            if improved or cfg["always_save_checkpoint"] or (last_step and not self.have_ckpt):
+                paths.append(self.path)
+            if improved and cfg["keep_best"]:
+                paths.append(os.path.join(cfg["out_dir"], "best.pt"))
+        if (cfg["save_interval"] and iter_num % cfg["save_interval"] == 0 or iter_num in cfg["save_iters"]) \
+                and (iter_num > self.start_iter or not self.resumed):
+            paths.append(snapshot_path(cfg["out_dir"], iter_num))
+        return paths if (iter_num > 0 or last_step) and not cfg["eval_only"] else []
+
+    def save(self, paths, iter_num, evaluated=True):
+        """Write the run's whole state to each path. Rank 0 gathers every process's random states, so a
+        resumed run redraws exactly the dropout noise it would have drawn."""
+        states = [rng_state() for _ in range(self.world_size)]
+        if self.world_size > 1:
+            dist.all_gather_object(states, rng_state())
+        master = not dist.is_initialized() or dist.get_rank() == 0
+        model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
+        if self.fsdp:  # gather the shards: the checkpoint loads anywhere
+            model_state, optim_state = gather_full(model_state, master), gather_full(optim_state, master)
+        if not master:
+            return
+        model_args = {k: getattr(self.model.config, k) for k in MODEL_ARGS}
+        for path in paths:
+            self.log(f"saving checkpoint to {path}")
+            save_checkpoint({"model": model_state, "optimizer": optim_state, "scaler": self.scaler.state_dict(),
+                             "model_args": model_args, "iter_num": iter_num, "best_val_loss": self.best_val_loss,
+                             "config": self.cfg, "vocab": self.vocab, "rng": states, "evaluated": evaluated}, path)
+        self.have_ckpt = self.have_ckpt or self.path in paths
+        if self.cfg["keep_last"] and any(os.path.basename(p).startswith("ckpt_") for p in paths):
+            prune_snapshots(self.cfg["out_dir"], self.cfg["keep_last"], set(self.cfg["save_iters"]), self.log)
+
+    def stop(self, iter_num, signum):
+        """Save where the loop stands (ckpt.pt, or a snapshot without always_save_checkpoint); 128 + signum."""
+        name, path = signal.Signals(signum).name, self.path if self.cfg["always_save_checkpoint"] else snapshot_path(self.cfg["out_dir"], iter_num)
+        if iter_num == self.start_iter:
+            self.log(f"stopped by {name} before the first step: there is nothing new to save")
+        else:
+            self.save([path], iter_num, evaluated=False)
+            self.log(f"stopped by {name}: saved {path} at iteration {iter_num}; to continue, run the "
+                     "same command with --init_from=resume")
+        return 128 + signum

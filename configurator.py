@@ -3,90 +3,18 @@
     cfg = load_config(DEFAULTS, sys.argv[1:])
 
 Each script keeps its defaults in one dict. Positional arguments are config files (plain Python
-assignments) and `--key=value` arguments set single keys; all are applied in the order given. Every key must already
-exist in the defaults and keep its type (an int may stand where a float is expected), so a typo
-is an error naming the key and its closest valid spellings, never a silently ignored setting.
+assignments) and `--key=value` arguments set single keys, applied in the order given. Every key must
+already exist in the defaults and keep its type (an int may stand where a float is expected), so a
+typo is an error naming the key and its closest valid spellings, never a silently ignored setting.
+`check(cfg)` then holds every value to the rule its name has in RULES, the same in every script.
 """
 import ast
 import difflib
-import errno
+import math
 import os
-import sys
 import types
 
-
-class UserError(Exception):
-    """A mistake the user can fix. Scripts print it as one `error: ...` line and exit non-zero."""
-
-
-# failures of the machine or of a path, not of our code: a full disk, a folder the user can't write, a
-# read-only mount, a path through a file or to a folder that isn't there
-WORLD_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR,
-                errno.EISDIR)
-
-
-def run_main(main):
-    """Return main(), turning a UserError (or a full disk, a denied write) into one `error: ...` line and
-    exit status 2, and Ctrl-C into one line and status 130. Under torchrun every process stops alike, so
-    only rank 0 prints."""
-    def say(line):
-        if os.environ.get("RANK", "0") == "0":
-            print(line, file=sys.stderr)
-    try:
-        return main()
-    except UserError as e:
-        say(f"error: {e}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        say("interrupted (Ctrl-C); files are written whole or not at all, so nothing was left half-written")
-        sys.exit(130)
-    except BrokenPipeError:  # e.g. `python sample.py | head`: the reader went away, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except OSError as e:
-        if e.errno not in WORLD_ERRNOS:
-            raise
-        say(f"error: {e.strerror}" + (f": {e.filename}" if e.filename else ""))
-        sys.exit(2)
-
-
-def gpt2_encoding():
-    """tiktoken's GPT-2 BPE. Its two files are downloaded once and cached; offline, that is one line."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:  # requests' ConnectionError and the like: tiktoken tries the download once
-        raise UserError(f"could not load GPT-2's BPE files ({type(e).__name__}): tiktoken downloads vocab.bpe and "
-                        "encoder.json once, then reads them from TIKTOKEN_CACHE_DIR; connect once, or copy them "
-                        "there from a machine that has them") from None
-
-
-def hub_problem():
-    """Why the Hugging Face hub can't be reached from here, or None. One quick check: offline, the hub's
-    clients would retry for ~25 s before failing."""
-    import socket
-    from huggingface_hub import constants
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # the proxy may reach what this machine can't: let the client try
-    host = constants.ENDPOINT.split("://")[-1].split("/")[0].split(":")[0]
-    try:
-        socket.create_connection((host, 443), timeout=10).close()
-    except OSError as e:
-        return f"{host} can't be reached: {e}"
-    return None
-
-
-def read_utf8(path, what="file"):
-    """The text of a UTF-8 file (newlines as written); a missing or non-UTF-8 file is a UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"{what} '{path}' not found")
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+from errors import UserError, read_utf8
 
 
 def _unknown_key(key, defaults, where):
@@ -157,3 +85,38 @@ def load_config(defaults, argv, optional=(), given=None):
         cfg[key] = _coerce(key, value, defaults[key], "on the command line", optional)
         given.add(key)
     return cfg
+
+
+# What a setting must be, by its name, in every script that has it: (test, what the message says).
+KINDS = {
+    "positive": (lambda v: v >= 1, "must be at least 1"),
+    "count": (lambda v: v is None or v >= 0, "must not be negative"),
+    "finite": (lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "probability": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "seed": (lambda v: 0 <= v < 2 ** 62, "must be in [0, 2**62)"),
+}
+RULES = {
+    **dict.fromkeys(("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval",
+                     "eval_iters", "num_samples", "steps", "prompt_tokens", "new_tokens"), "positive"),
+    **dict.fromkeys(("max_iters", "save_interval", "keep_last", "warmup_iters", "lr_decay_iters", "hellaswag_limit",
+                     "hellaswag_interval", "max_new_tokens", "top_k", "burnin", "limit", "stride"), "count"),
+    **dict.fromkeys(("learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_lr", "temperature"), "finite"),
+    **dict.fromkeys(("beta1", "beta2", "muon_momentum", "dropout"), "fraction"),
+    "top_p": "probability", "seed": "seed",
+    "optimizer": ("adamw", "muon"), "mode": ("train", "generate"), "task": ("hellaswag", "perplexity", "export_hf"),
+}
+
+
+def check(cfg, **overrides):
+    """Raise a one-line UserError for the first setting in cfg that breaks its rule in RULES (overrides: a
+    script's own rule for a key, e.g. block_size="count" where 0 means the model's)."""
+    rules = {**RULES, **overrides}
+    for key, value in cfg.items():
+        rule = rules.get(key)
+        if isinstance(rule, tuple) and value not in rule:
+            raise UserError(f"unknown {key} '{value}': use {' or '.join(rule)}")
+        if isinstance(rule, str) and not KINDS[rule][0](value):
+            raise UserError(f"{key}={value} {KINDS[rule][1]}")
+    if cfg.get("n_head") and cfg.get("n_embd", 0) % cfg["n_head"]:
+        raise UserError(f"n_embd={cfg['n_embd']} must be divisible by n_head={cfg['n_head']}")

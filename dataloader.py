@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import torch
 
-from configurator import UserError
+from errors import UserError
 
 
 class Batches:

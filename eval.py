@@ -18,14 +18,15 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configurator import UserError, gpt2_encoding, load_config, read_utf8, run_main
-from lifetime import atomic_write
+import hf
+from checkpoint import load_model_and_tokenizer
+from configurator import check, load_config
+from errors import UserError, read_utf8, run_main
 from runtime import autocast, maybe_compile, resolve_device, resolve_dtype, setup_distributed, teardown_distributed
-from sample import load_model_and_tokenizer
+from tokenizer import gpt2_encoding
 
 DEFAULTS = dict(
     task="hellaswag",      # 'hellaswag', 'perplexity' or 'export_hf'
@@ -44,10 +45,8 @@ DEFAULTS = dict(
     dtype="auto",          # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
     compile=False,         # torch.compile the model (pays off only on long evaluations)
 )
-TASKS = ("hellaswag", "perplexity", "export_hf")
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
-GPT2_VOCAB = 50257
 
 
 # ----------------------------------------------------------------------------- HellaSwag
@@ -109,7 +108,7 @@ def load_hellaswag(data_path="", data_dir="data", limit=0, rank=0):
 
 
 def check_gpt2_vocab(model):
-    if model.config.vocab_size < GPT2_VOCAB:
+    if model.config.vocab_size < hf.GPT2_VOCAB:
         raise UserError(f"HellaSwag needs a model with GPT-2's BPE vocabulary; this one has vocab_size "
                         f"{model.config.vocab_size} (a character-level model?)")
 
@@ -251,74 +250,17 @@ def evaluate_perplexity(model, ids, n_bytes, device, window, stride, batch_size=
             "bits_per_byte": nats / math.log(2) / n_bytes}
 
 
-def token_bytes(tok, token_id):
-    """Length in UTF-8 bytes of one token's text."""
-    if tok.itos is not None:
-        return len(tok.itos[token_id].encode("utf-8"))
-    return len(tok.bpe.decode_single_token_bytes(token_id))
-
-
-# ----------------------------------------------------------------------------- export
-
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def hf_state_dict(model):
-    """Our weights under Hugging Face GPT-2's names and layout: Conv1D matrices are (in, out), the
-    transpose of nn.Linear's; a model built with bias=False gets zero biases, which GPT-2 always has.
-    lm_head is left out: transformers ties it to wte, as we do."""
-    state = {k: (v.t() if k.endswith(CONV1D) else v).detach().cpu().contiguous().clone()
-             for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module is not model.lm_head and module.bias is None:
-            state[f"{name}.bias"] = torch.zeros(module.weight.shape[0], dtype=module.weight.dtype)
-    return state
-
-
-def hf_config(model):
-    """config.json for transformers' GPT2LMHeadModel with our model's shape."""
-    c = model.config
-    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
-              "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-              "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-              "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
-              "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True,
-              "use_cache": True}
-    if c.vocab_size >= GPT2_VOCAB:  # GPT-2's <|endoftext|>; a char-level vocabulary has none
-        config.update(bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1)
-    return config
-
-
-def export_hf(model, folder, force=False):
-    """Write model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors) into folder, each
-    file whole or not at all. A folder that already holds anything is refused unless force."""
-    from safetensors.torch import save
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"export folder '{folder}' is a file; choose another --export_dir")
-    if os.path.isdir(folder) and os.listdir(folder) and not force:
-        raise UserError(f"export folder '{folder}' is not empty ({', '.join(sorted(os.listdir(folder))[:3])}); "
-                        "pass --force=True to write into it, or choose another --export_dir")
-    os.makedirs(folder, exist_ok=True)
-    weights = save(hf_state_dict(model), metadata={"format": "pt"})
-    atomic_write(os.path.join(folder, "model.safetensors"), lambda f: f.write(weights), size_hint=len(weights))
-    config = json.dumps(hf_config(model), indent=2).encode()
-    atomic_write(os.path.join(folder, "config.json"), lambda f: f.write(config))  # last: marks the folder whole
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv):
     cfg = load_config(DEFAULTS, argv)
-    if cfg["task"] not in TASKS:
-        raise UserError(f"unknown task '{cfg['task']}': use {', '.join(TASKS)}")
-    if cfg["batch_size"] < 1 or cfg["limit"] < 0 or cfg["block_size"] < 0 or cfg["stride"] < 0:
-        raise UserError("batch_size must be >= 1, and limit, block_size and stride >= 0")
+    check(cfg, block_size="count")  # 0: the model's
     if cfg["task"] == "perplexity" and not cfg["data_path"]:
         raise UserError("task perplexity needs the text to score: pass --data_path=FILE")
     model, tok = load_model_and_tokenizer(cfg)
     if cfg["task"] == "export_hf":
         folder = cfg["export_dir"] or os.path.join(cfg["out_dir"], "hf")
-        export_hf(model, folder, cfg["force"])
+        hf.export(model, folder, cfg["force"])
         print(f"wrote {folder}: load it with transformers.GPT2LMHeadModel.from_pretrained('{folder}')")
         if tok.itos is not None:
             print(f"note: this model reads characters, not GPT-2's BPE: encode text with the model's own "
@@ -342,7 +284,7 @@ def main(argv):
         window = cfg["block_size"] or model.config.block_size
         if window > model.config.block_size:
             raise UserError(f"block_size={window} is longer than the model's {model.config.block_size}")
-        n_bytes = len(text.encode("utf-8")) - (token_bytes(tok, ids[0]) if ids else 0)
+        n_bytes = len(text.encode("utf-8")) - (tok.token_bytes(ids[0]) if ids else 0)
         r = evaluate_perplexity(model, ids, n_bytes, device, window, cfg["stride"] or window, cfg["batch_size"],
                                 ctx, rank, world_size, progress=rank == 0)
         log(f"perplexity: {r['tokens']} tokens ({r['bytes']} bytes), loss {r['loss']:.4f}, "

@@ -6,11 +6,9 @@ the matrices inside the transformer blocks; the embeddings (and the head tied to
 the norms keep AdamW. The two run as one optimizer here (MuonWithAdamW): one learning-rate schedule
 drives both, Muon's peak being muon_lr where AdamW's is learning_rate.
 """
-import math
-
 import torch
 
-from configurator import UserError
+from errors import UserError
 
 MUON_SINCE = (2, 9)  # the first torch release with torch.optim.Muon
 
@@ -64,18 +62,6 @@ class MuonWithAdamW:
         self.adamw.load_state_dict(state["adamw"])
         self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
         self._set_scales()
-
-
-def check_optimizer_settings(cfg):
-    """The optimizer's own settings, each a one-line error when impossible."""
-    if cfg["optimizer"] not in ("adamw", "muon"):
-        raise UserError(f"unknown optimizer '{cfg['optimizer']}': use adamw or muon")
-    if not 0 <= cfg["muon_lr"] < math.inf:
-        raise UserError(f"muon_lr={cfg['muon_lr']} must be a finite number >= 0")
-    if not 0 <= cfg["muon_momentum"] < 1:
-        raise UserError(f"muon_momentum={cfg['muon_momentum']} must be in [0, 1)")
-    if cfg["fsdp"] and cfg["optimizer"] == "muon":  # Newton-Schulz needs whole matrices, FSDP holds shards
-        raise UserError("fsdp=True does not support optimizer=muon; use DDP (--fsdp=False) or --optimizer=adamw")
 
 
 def build_optimizer(model, cfg, device_type):

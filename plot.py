@@ -9,9 +9,10 @@ and HellaSwag accuracy when the runs measured it. Needs matplotlib: pip install 
 import os
 import sys
 
-from checkpoint import read_jsonl
-from configurator import UserError, load_config, run_main
-from lifetime import atomic_write
+from configurator import load_config
+from errors import UserError, run_main
+from metrics import read_jsonl
+from safety import atomic_write
 
 DEFAULTS = dict(
     out_dir="out",   # a run's folder holding log.jsonl; repeat --out_dir=... to overlay several runs

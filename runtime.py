@@ -1,4 +1,4 @@
-"""Where the scripts run: device, precision, torch.compile and torchrun's process group.
+"""Where the scripts run: device, precision, torch.compile, torchrun's process group, and what the GPU can do.
 
 Shared by train.py, sample.py and bench.py so that `--device`, `--dtype` and `--compile` mean the
 same thing everywhere and a setting the machine can't honour is a clear error, not a traceback.
@@ -12,7 +12,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import UserError
+from errors import UserError, reason
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -23,7 +23,7 @@ def resolve_device(name):
         if torch.cuda.is_available():
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
-    kind = name.split(":")[0]
+    kind = name.split(":")[0]  # torch.device() would raise on a misspelt name
     if kind == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' is not available: this machine has no usable CUDA GPU; "
                         "use --device=cpu (or --device=auto)")
@@ -36,7 +36,7 @@ def resolve_device(name):
 
 def resolve_dtype(name, device):
     """'auto' -> bfloat16 on CUDA GPUs that support it, float16 on older ones, float32 elsewhere."""
-    kind = device.split(":")[0]
+    kind = torch.device(device).type
     if name == "auto":
         if kind != "cuda":
             return "float32"
@@ -55,12 +55,12 @@ def autocast(device, dtype):
     """Mixed-precision context for the forward pass (a no-op in float32)."""
     if dtype == "float32":
         return nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=DTYPES[dtype])
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
 
 
 def compile_problem(device):
     """Why torch.compile can't work here, or None if it should."""
-    kind = device.split(":")[0]
+    kind = torch.device(device).type
     if kind == "mps":
         return "torch.compile is not supported for mps"
     if sys.platform == "win32":
@@ -81,8 +81,7 @@ def compile_probe(device):
     try:
         torch.compile(lambda t: torch.sin(t) * 2 + 1)(torch.ones(8, device=device))
     except Exception as e:
-        first_line = (str(e).strip().splitlines() or [""])[0][:160]
-        return f"torch.compile failed on a test function ({type(e).__name__}: {first_line})"
+        return f"torch.compile failed on a test function ({reason(e)})"
     return None
 
 
@@ -101,6 +100,52 @@ def maybe_compile(model, enabled, device, log=print, blocks=False):
     for module in model.transformer.h if blocks else [model]:
         module.compile()
     return True
+
+
+def place_model(model, cfg, device, dtype, world_size, log):
+    """(the model to train, the plain module) on device: compiled when cfg['compile'], then wrapped for
+    several processes: FSDP2 shards when cfg['fsdp'] (each block compiled before sharding: FSDP's hooks run
+    between blocks, and would break one whole-model graph at every one), else DDP."""
+    model.to(device)
+    if cfg["fsdp"] and world_size > 1:
+        maybe_compile(model, cfg["compile"], device, log, blocks=True)
+        shard_model(model, dtype)
+        return model, model
+    maybe_compile(model, cfg["compile"], device, log)
+    if world_size == 1:
+        return model, model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None), model
+
+
+# Peak dense bf16 tensor-core FLOP/s by GPU name (datasheet figures, no sparsity).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+              "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def device_peak_flops(device):
+    """Peak FLOP/s of a CUDA device, or None (CPU, MPS, a GPU not in the table): no MFU is better than a wrong one."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name and "PCIe" in name:
+        return 756e12
+    if ("H100" in name or "H200" in name) and "NVL" in name:  # the PCIe boards' lower clocks
+        return 835e12
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def estimate_memory(model, batch_size, block_size, dtype="float32"):
+    """Rough bytes of training memory per process: fp32 weights and gradients, AdamW's two fp32 moments,
+    and the activations kept for backward over one micro-batch. Per block and token that is ~16 values of
+    width n_embd (Korthikanti et al. 2022, less the dropout masks and the attention matrix, which fused
+    attention never stores); under 16-bit autocast some of them stay fp32. The fp32 log-probabilities
+    come on top, one per token and vocabulary entry, and autocast's 16-bit copies of the weights."""
+    n = sum(p.numel() for p in model.parameters())
+    half = dtype in ("bfloat16", "float16")
+    c, tokens = model.config, batch_size * block_size
+    activations = tokens * (c.n_layer * 16 * c.n_embd * (2.5 if half else 4) + c.vocab_size * 4) + half * 2 * n
+    return {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n, "activations": int(activations)}
 
 
 def first_slurm_host(nodelist):
@@ -136,7 +181,7 @@ def setup_distributed(backend, device):
             torch.cuda.set_device(device)
         return 0, 0, 1, device
     rank, local_rank, world_size = found
-    kind = device.split(":")[0]
+    kind = torch.device(device).type
     if kind == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)

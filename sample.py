@@ -6,19 +6,19 @@
     python sample.py --init_from=gpt2 --interactive=True    # type prompts, Ctrl-D ends
 
 Char-level checkpoints decode with their dataset's vocabulary (stored in the checkpoint, or the
-dataset's meta.json / nanoGPT's meta.pkl); everything else with GPT-2's BPE. Text is printed as
-it is generated, using the KV cache of engine.py (exactly the tokens of --use_cache=False).
+dataset's meta.json / nanoGPT's meta.pkl); everything else with GPT-2's BPE. Text is printed as it
+is generated, with the KV cache of engine.py (the same text as --use_cache=False, which recomputes).
+On CUDA each decode step is replayed from a CUDA graph (--cuda_graph=False: launch it op by op).
 """
-import os
 import sys
 
 import torch
 
-from checkpoint import load_checkpoint, load_vocab, model_from_checkpoint
-from configurator import UserError, gpt2_encoding, load_config, read_utf8, run_main
-from model import GPT, HF_NAMES
-from engine import compile_step, stream
-from runtime import autocast, resolve_device, resolve_dtype
+from checkpoint import load_model_and_tokenizer
+from configurator import check, load_config
+from engine import CUDAGraphDecode, compile_decode, decode, stream
+from errors import UserError, read_utf8, run_main
+from runtime import DTYPES, resolve_device, resolve_dtype
 
 DEFAULTS = dict(
     init_from="resume",     # 'resume' (ckpt.pt in out_dir), 'gpt2'..'gpt2-xl', or a HF GPT-2 directory
@@ -33,57 +33,12 @@ DEFAULTS = dict(
     seed=1337,
     device="auto",          # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",           # 'auto' (bf16 on recent GPUs, fp16 on older, fp32 on CPU), or explicit
-    compile=False,          # torch.compile the decode step on CUDA (slow to start); ignored on CPU and mps
+    compile=False,          # torch.compile the decode step (slow to start; pays on GPUs for long samples)
+    cuda_graph=True,        # CUDA: capture the decode step once as a CUDA graph and replay it per token
     use_cache=True,         # KV cache; False re-runs the whole context per token (the slow reference, same text)
     stream=True,            # print each sample as its tokens are generated; False prints it when done
     interactive=False,      # read prompts from stdin and complete each (1 sample, 200 tokens unless set); Ctrl-D ends
 )
-
-
-class Tokenizer:
-    """encode/decode for a char vocabulary (a list of characters) or GPT-2's BPE."""
-
-    def __init__(self, itos=None):
-        if itos is not None:
-            self.itos, self.stoi = list(itos), {ch: i for i, ch in enumerate(itos)}
-            self.n_vocab = len(self.itos)
-        else:
-            self.bpe = gpt2_encoding()
-            self.n_vocab = self.bpe.n_vocab
-            self.itos = None
-
-    def encode(self, text):
-        if self.itos is None:
-            return self.bpe.encode(text, allowed_special={"<|endoftext|>"})
-        unknown = sorted(set(text) - set(self.stoi))
-        if unknown:
-            raise UserError(f"the prompt has characters outside the model's vocabulary: {''.join(unknown)!r}")
-        return [self.stoi[ch] for ch in text]
-
-    def decode(self, ids):
-        if self.itos is None:
-            return self.bpe.decode(ids)
-        return "".join(self.itos[i] for i in ids)
-
-
-def load_model_and_tokenizer(cfg):
-    """(model, tokenizer) for init_from: a checkpoint in out_dir, or GPT-2 weights."""
-    if cfg["init_from"] == "resume":
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt, path=path)
-        vocab = ckpt.get("vocab")
-        if vocab is None and "dataset" in ckpt.get("config", {}):  # a nanoGPT checkpoint: look beside the data
-            data_dir = ckpt["config"].get("data_dir", cfg["data_dir"])
-            vocab = load_vocab(os.path.join(data_dir, ckpt["config"]["dataset"]))
-        return model, Tokenizer(vocab.get("itos") if vocab else None)
-    if cfg["init_from"] in HF_NAMES or os.path.isdir(cfg["init_from"]):
-        try:
-            return GPT.from_pretrained(cfg["init_from"]), Tokenizer()
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    raise UserError(f"unknown init_from '{cfg['init_from']}': use resume, {', '.join(HF_NAMES)}, "
-                    "or a directory holding a Hugging Face GPT-2 checkpoint")
 
 
 def read_prompt(start):
@@ -109,7 +64,7 @@ class TextStream:
             self.printed = ready
 
 
-def complete(model, tok, text, cfg, generator, step_fn, device, out=sys.stdout):
+def complete(model, tok, text, cfg, generator, step, device, out=sys.stdout):
     """Print num_samples continuations of the prompt text, each followed by a separator line."""
     ids = tok.encode(text)
     if not ids:
@@ -123,7 +78,7 @@ def complete(model, tok, text, cfg, generator, step_fn, device, out=sys.stdout):
         # the model's vocab may be padded (50304) past what the tokenizer can decode (50257)
         steps = stream(model, x, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"] or None,
                        top_p=cfg["top_p"], vocab_limit=tok.n_vocab, generator=generator,
-                       use_cache=cfg["use_cache"], step_fn=step_fn)
+                       use_cache=cfg["use_cache"], step=step)
         new = []
         for next_id in steps:
             new.append(next_id.item())
@@ -140,41 +95,30 @@ def main(argv):
     if cfg["interactive"]:  # a conversation: one answer per prompt, of a readable length, unless asked otherwise
         cfg["num_samples"] = cfg["num_samples"] if "num_samples" in given else 1
         cfg["max_new_tokens"] = cfg["max_new_tokens"] if "max_new_tokens" in given else 200
-    if cfg["top_k"] is not None and cfg["top_k"] < 0:
-        raise UserError(f"top_k must be >= 0, or 0/None for no limit, got {cfg['top_k']}")
-    if not 0 <= cfg["seed"] < 2 ** 62:
-        raise UserError(f"seed={cfg['seed']} must be in [0, 2**62)")
-    if cfg["max_new_tokens"] < 0 or cfg["num_samples"] < 1:
-        raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
-    if not 0 <= cfg["temperature"] < float("inf"):
-        raise UserError(f"temperature must be >= 0 (0 is greedy), got {cfg['temperature']}")
-    if not 0 < cfg["top_p"] <= 1:
-        raise UserError(f"top_p must be in (0, 1] (1.0 turns nucleus sampling off), got {cfg['top_p']}")
+    check(cfg)
     device = resolve_device(cfg["device"])
     dtype = resolve_dtype(cfg["dtype"], device)
     torch.manual_seed(cfg["seed"])
     model, tok = load_model_and_tokenizer(cfg)
-    model.eval().to(device)
-    step_fn = None
-    if cfg["compile"]:
-        step_fn = compile_step(model, device)
-        if step_fn is None and device.split(":")[0] != "cuda":
-            print(f"note: compile only applies to CUDA decode steps; decoding eagerly on {device}")
+    model.eval().to(device, DTYPES[dtype])  # weights in the run's dtype: a decode step never re-casts them
+    note = lambda line: print(line, file=sys.stderr)  # noqa: E731  (stdout holds the samples)
+    step = compile_decode(note) if cfg["compile"] else decode
+    if cfg["cuda_graph"] and device.startswith("cuda"):
+        step = CUDAGraphDecode(step, note)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
-    with torch.no_grad(), autocast(device, dtype):
-        if not cfg["interactive"]:
-            return complete(model, tok, read_prompt(cfg["start"]), cfg, generator, step_fn, device)
-        while True:
-            try:
-                prompt = input("> ")
-            except EOFError:
-                break
-            if not prompt:
-                break
-            try:
-                complete(model, tok, prompt, cfg, generator, step_fn, device)
-            except UserError as e:  # e.g. a character outside a char-level vocabulary: ask again
-                print(f"error: {e}")
+    if not cfg["interactive"]:
+        return complete(model, tok, read_prompt(cfg["start"]), cfg, generator, step, device)
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            break
+        if not prompt:
+            break
+        try:
+            complete(model, tok, prompt, cfg, generator, step, device)
+        except UserError as e:  # e.g. a character outside a char-level vocabulary: ask again
+            print(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -16,19 +16,19 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoint import (MODEL_ARGS, adopt_model_shape, append_jsonl, check_vocab, checkpoint_files, init_model,
-                        load_vocab, prune_snapshots, restore_optimizer, rng_state, save_checkpoint, set_rng_state,
-                        snapshot_path, start_metrics_log)
-from configurator import UserError, load_config, run_main
+from checkpoint import MODEL_ARGS, Checkpoints, adopt_model_shape, checkpoint_files, load_model
+from configurator import check, load_config
 from dataloader import EpochOrder, open_splits, prepare_if_local, split_files
+from errors import UserError, run_main
 from eval import check_gpt2_vocab, estimate_loss, evaluate_hellaswag, load_hellaswag
-from lifetime import RunLock, StopSignals
-from model import device_peak_flops
-from optim import build_optimizer, check_optimizer_settings, set_lr
-from runtime import (agree, autocast, gather_full, maybe_compile, resolve_device, resolve_dtype, setup_distributed,
-                     shard_model, shard_optimizer_state, teardown_distributed)
+from metrics import Metrics
+from model import GPT, GPTConfig
+from optim import build_optimizer, set_lr
+from runtime import (agree, autocast, device_peak_flops, estimate_memory, place_model, resolve_device, resolve_dtype,
+                     setup_distributed, teardown_distributed)
+from safety import RunLock, StopSignals
+from tokenizer import check_vocab, load_vocab
 
 DEFAULTS = dict(
     # output, evaluation, checkpoints
@@ -108,69 +108,55 @@ def check_finite(losses, iter_num, ckpt_path):
                         "--grad_clip=1.0, or --dtype=bfloat16 instead of float16")
 
 
-def check_settings(cfg):
-    """Catch impossible values before anything runs, naming the key."""
-    for key in ("batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "log_interval",
-                "eval_iters"):
-        if cfg[key] < 1:
-            raise UserError(f"{key}={cfg[key]} must be at least 1")
-    for key in ("max_iters", "save_interval", "keep_last", "warmup_iters", "lr_decay_iters", "hellaswag_limit"):
-        if cfg[key] < 0:
-            raise UserError(f"{key}={cfg[key]} must not be negative")
-    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
-        if not 0 <= cfg[key] < math.inf:  # a negative grad_clip would silently climb the loss
-            raise UserError(f"{key}={cfg[key]} must be a finite number >= 0")
-    check_optimizer_settings(cfg)
-    for key in ("beta1", "beta2"):
-        if not 0 <= cfg[key] < 1:
-            raise UserError(f"{key}={cfg[key]} must be in [0, 1)")
-    if not 0 <= cfg["seed"] < 2 ** 62:
-        raise UserError(f"seed={cfg['seed']} must be in [0, 2**62)")
+def check_settings(cfg, world_size, dtype):
+    """What configurator.check can't see: the settings that depend on each other or on this machine."""
     if not cfg["out_dir"]:
         raise UserError("out_dir is empty: name the folder for checkpoints, e.g. --out_dir=out")
+    if not all(isinstance(i, int) and i > 0 for i in cfg["save_iters"]):
+        raise UserError(f"save_iters={cfg['save_iters']} must be a list of positive steps, like [1000,5000]")
+    if cfg["hellaswag_interval"] % cfg["eval_interval"]:
+        raise UserError(f"hellaswag_interval={cfg['hellaswag_interval']} must be a multiple of "
+                        f"eval_interval={cfg['eval_interval']} (HellaSwag runs at evaluations), or 0 for never")
+    if cfg["fsdp"] and cfg["optimizer"] == "muon":  # Newton-Schulz needs whole matrices, FSDP holds shards
+        raise UserError("fsdp=True does not support optimizer=muon; use DDP (--fsdp=False) or --optimizer=adamw")
     if cfg["wandb_log"]:
         try:
             import wandb  # noqa: F401  (imported here, before any work, only to say if it is missing)
         except ImportError:
             raise UserError("wandb_log=True needs the wandb package: pip install wandb (or pass --wandb_log=False)") from None
-    if cfg["n_embd"] % cfg["n_head"]:
-        raise UserError(f"n_embd={cfg['n_embd']} must be divisible by n_head={cfg['n_head']}")
-    if not 0 <= cfg["dropout"] < 1:
-        raise UserError(f"dropout={cfg['dropout']} must be in [0, 1)")
-    if not all(isinstance(i, int) and i > 0 for i in cfg["save_iters"]):
-        raise UserError(f"save_iters={cfg['save_iters']} must be a list of positive steps, like [1000,5000]")
+    # Each optimizer step sums gradient_accumulation_steps micro-batches, split among the processes.
+    if cfg["gradient_accumulation_steps"] < 1 or cfg["gradient_accumulation_steps"] % world_size:
+        raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a positive "
+                        f"multiple of the number of processes ({world_size})")
+    if cfg["fsdp"] and dtype == "float16":
+        raise UserError("fsdp=True does not support dtype float16 (its gradient scaler); use --dtype=bfloat16")
 
 
-def duration(seconds):
-    """'1h02m', '3m12s' or '45s'."""
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def peak_memory(device):
-    """Bytes of the largest CUDA allocation total since the last reset; None on other devices."""
-    return torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else None
+def init_model(cfg, given, vocab, log):
+    """(model, checkpoint or None, the model's vocabulary) for cfg['init_from'], its shape adopted into cfg."""
+    if cfg["init_from"] == "scratch":
+        vocab_size = vocab["vocab_size"] if vocab and "itos" in vocab else 50304
+        log(f"initializing a new model from scratch (vocab_size {vocab_size})")
+        args = {k: cfg[k] for k in MODEL_ARGS if k != "vocab_size"}
+        return GPT(GPTConfig(vocab_size=vocab_size, **args)), None, vocab
+    model, ckpt = load_model(cfg["init_from"], cfg["out_dir"], log, training=True, dropout=cfg["dropout"])
+    if ckpt is None and cfg["block_size"] < model.config.block_size:
+        model.crop_block_size(cfg["block_size"])
+    adopt_model_shape(cfg, given, model.config, ckpt["path"] if ckpt else cfg["init_from"])
+    return model, ckpt, ckpt.get("vocab") if ckpt else {"tokenizer": "gpt2"}
 
 
 def main(argv):
     given = set()
     cfg = load_config(DEFAULTS, argv, given=given)
-    check_settings(cfg)
-    device = resolve_device(cfg["device"])
-    rank, local_rank, world_size, device = setup_distributed(cfg["backend"], device)
+    check(cfg)  # before the process group: every process refuses alike
+    rank, local_rank, world_size, device = setup_distributed(cfg["backend"], resolve_device(cfg["device"]))
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
     stop = StopSignals(announce=master)  # Ctrl-C, SIGTERM, SIGUSR1: save at the end of the step, then exit
     dtype = resolve_dtype(cfg["dtype"], device)
-    device_type = device.split(":")[0]
-
-    # Each optimizer step sums gradient_accumulation_steps micro-batches, split among the processes.
-    if cfg["gradient_accumulation_steps"] < 1 or cfg["gradient_accumulation_steps"] % world_size:
-        raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a positive "
-                        f"multiple of the number of processes ({world_size})")
-    accum = cfg["gradient_accumulation_steps"] // world_size
-    if cfg["fsdp"] and dtype == "float16":
-        raise UserError("fsdp=True does not support dtype float16 (its gradient scaler); use --dtype=bfloat16")
+    check_settings(cfg, world_size, dtype)
+    accum, fsdp = cfg["gradient_accumulation_steps"] // world_size, cfg["fsdp"] and world_size > 1
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
     log(f"world size {world_size}, device {device}, dtype {dtype}; tokens per iteration {tokens_per_iter:,}")
     torch.manual_seed(cfg["seed"])  # the same initial weights on every process
@@ -195,15 +181,15 @@ def main(argv):
         atexit.register(lock.release)
     if problem:
         raise UserError(problem)
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     existing = checkpoint_files(cfg["out_dir"])
     if cfg["init_from"] != "resume" and not cfg["eval_only"] and existing:
         raise UserError(f"{existing[0]} already exists and a new run would overwrite it: continue it with "
                         "--init_from=resume, or choose another --out_dir (or move the file away)")
-    model, ckpt = init_model(cfg, vocab, log)
-    resumed = ckpt is not None
-    if cfg["init_from"] != "scratch":
-        adopt_model_shape(cfg, given, model.config, ckpt_path if resumed else cfg["init_from"])
+    model, ckpt, model_vocab = init_model(cfg, given, vocab, log)
+    check_vocab(model_vocab, vocab, model.config.vocab_size, cfg["dataset"])
+    model_vocab = model_vocab or (vocab if vocab and "itos" in vocab else {"tokenizer": "gpt2"})
+    if cfg["block_size"] > model.config.block_size:
+        raise UserError(f"block_size={cfg['block_size']} is larger than the model's {model.config.block_size}")
 
     # Data. Micro-batch m of step s on this process holds training windows numbered from
     # ((s * world_size + rank) * accum + m) * batch_size: a step sees the same data however its
@@ -216,145 +202,61 @@ def main(argv):
     def train_batch(step, m):
         first = ((step * world_size + rank) * accum + m) * cfg["batch_size"]
         return splits["train"].get(order.starts(first, cfg["batch_size"]))
-    model_vocab = ckpt.get("vocab") if resumed else (vocab if cfg["init_from"] == "scratch" else {"tokenizer": "gpt2"})
-    check_vocab(model_vocab, vocab, model.config.vocab_size, cfg["dataset"])
-    if cfg["block_size"] > model.config.block_size:
-        raise UserError(f"block_size={cfg['block_size']} is larger than the model's {model.config.block_size}")
-    model.to(device)
-    fsdp = cfg["fsdp"] and world_size > 1
-    if fsdp:  # blocks compile before sharding (runtime.maybe_compile)
-        maybe_compile(model, cfg["compile"], device, log, blocks=True)
-        shard_model(model, dtype)
+
+    model, raw_model = place_model(model, cfg, device, dtype, world_size, log)
     torch.manual_seed(cfg["seed"] + rank)  # dropout differs between processes
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    optimizer = build_optimizer(model, cfg, device_type)
-    iter_num, best_val_loss, evaluated = 0, float("inf"), True
-    if resumed:
-        restore_optimizer(optimizer, ckpt, ckpt_path, log, shard_optimizer_state if fsdp else None)
-        if ckpt.get("scaler"):  # a disabled scaler (not float16) saved {}
-            scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val_loss = ckpt.get("iter_num", 0), ckpt.get("best_val_loss", float("inf"))
-        evaluated = ckpt.get("evaluated", True)  # False when a signal stopped the run between evaluations
-        if len(ckpt.get("rng", [])) == world_size:  # dropout continues exactly where it stopped
-            set_rng_state(ckpt["rng"][rank])
-        elif "rng" in ckpt:
-            log(f"note: the checkpoint's random states are for {len(ckpt['rng'])} processes, not {world_size}; "
-                "dropout noise restarts from the seed")
-        del ckpt  # free the loaded tensors
-    if not model_vocab:
-        model_vocab = vocab if vocab and "itos" in vocab else {"tokenizer": "gpt2"}
-    model_args = {k: getattr(model.config, k) for k in MODEL_ARGS}
-    if not fsdp:
-        maybe_compile(model, cfg["compile"], device, log)
-    raw_model = model
-    if world_size > 1 and not fsdp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    peak_flops = device_peak_flops(device)
-    memory = raw_model.estimate_memory(cfg["batch_size"], cfg["block_size"], dtype)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == "float16")
+    optimizer = build_optimizer(raw_model, cfg, torch.device(device).type)
+    run = Checkpoints(cfg, raw_model, optimizer, scaler, model_vocab, ckpt, rank, world_size, log)  # restores them
+    memory = estimate_memory(raw_model, cfg["batch_size"], cfg["block_size"], dtype)
     log("memory estimate per process: " + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in memory.items())
         + f" (activations of one {cfg['batch_size']}x{cfg['block_size']} micro-batch)")
     hellaswag = None
     if cfg["hellaswag_interval"]:
-        if cfg["hellaswag_interval"] < 0 or cfg["hellaswag_interval"] % cfg["eval_interval"]:
-            raise UserError(f"hellaswag_interval={cfg['hellaswag_interval']} must be a multiple of "
-                            f"eval_interval={cfg['eval_interval']} (HellaSwag runs at evaluations), or 0 for never")
         check_gpt2_vocab(raw_model)
         hellaswag = load_hellaswag(cfg["hellaswag_path"], cfg["data_dir"], cfg["hellaswag_limit"], rank)
-    metrics_path = os.path.join(cfg["out_dir"], "log.jsonl") if master and not cfg["eval_only"] else None
-    if metrics_path:  # one JSON object per log line and per evaluation, for plot.py
-        start_metrics_log(metrics_path, iter_num if resumed else None)
-
-    if cfg["wandb_log"] and master:
-        import wandb
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
-
-    def save(paths, evaluated=True):
-        """Write the run's whole state to each path. Every process takes part: rank 0 gathers their
-        random states, so a resumed run redraws exactly the dropout noise it would have drawn."""
-        states = [rng_state() for _ in range(world_size)]
-        if world_size > 1:
-            dist.all_gather_object(states, rng_state())
-        model_state, optim_state = raw_model.state_dict(), optimizer.state_dict()
-        if fsdp:  # gather the shards: the checkpoint loads anywhere, sharded or not
-            model_state, optim_state = gather_full(model_state, master), gather_full(optim_state, master)
-        if not master:
-            return
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        for path in paths:
-            log(f"saving checkpoint to {path}")
-            save_checkpoint({"model": model_state, "optimizer": optim_state,
-                             "scaler": scaler.state_dict(), "model_args": model_args, "iter_num": iter_num,
-                             "best_val_loss": best_val_loss, "config": cfg, "vocab": model_vocab,
-                             "rng": states, "evaluated": evaluated}, path)
-        if cfg["keep_last"] and any(os.path.basename(p).startswith("ckpt_") for p in paths):
-            prune_snapshots(cfg["out_dir"], cfg["keep_last"], set(cfg["save_iters"]), log)
+    metrics = Metrics(cfg, raw_model, device, tokens_per_iter, device_peak_flops(device), master,
+                      run.start_iter if ckpt else None)
+    del ckpt  # free the loaded tensors
 
     def stop_signal():
         """The signal that asked this run to stop, agreed by every process (0: none)."""
         return stop.signum or 0 if world_size == 1 else agree(stop.signum, world_size, device, any_rank=True)
 
-    def stopped():
-        """Save where the loop stands (every process takes part, as in any save); 128 + the signal."""
-        signum = stop_signal()
-        path = ckpt_path if cfg["always_save_checkpoint"] else snapshot_path(cfg["out_dir"], iter_num)
-        if iter_num == start_iter:
-            log(f"stopped by {stop.name(signum)} before the first step: there is nothing new to save")
-        else:
-            save([path], evaluated=False)
-            log(f"stopped by {stop.name(signum)}: saved {path} at iteration {iter_num}; to continue, run the "
-                "same command with --init_from=resume")
-        return 128 + signum
-
-    start_iter = iter_num
-    have_ckpt = agree(os.path.exists(ckpt_path), world_size)  # the same save decisions everywhere: rank 0's disk
-    if start_iter > cfg["max_iters"]:
-        log(f"note: the checkpoint is at iteration {start_iter}, past max_iters={cfg['max_iters']}: nothing to do")
-    x, y = train_batch(start_iter, 0)
-    t_log, iters_since_log, logs_done = time.time(), 0, 0
-    for iter_num in range(start_iter, cfg["max_iters"] + 1):
+    if run.start_iter > cfg["max_iters"]:
+        log(f"note: the checkpoint is at iteration {run.start_iter}, past max_iters={cfg['max_iters']}: nothing to do")
+    x, y = train_batch(run.start_iter, 0)
+    t_log, iters_since_log = time.time(), 0
+    for iter_num in range(run.start_iter, cfg["max_iters"] + 1):
         last_step = iter_num == cfg["max_iters"]
         lr = get_lr(iter_num, cfg)
         set_lr(optimizer, lr)
-        if stop_signal() and iter_num > start_iter and not last_step:
-            return stopped()
+        t_pause = time.time()  # evaluations and saves stay out of the step times logged
 
-        # A resumed run skips the evaluation its checkpoint was saved right after.
-        paths, t_pause = [], time.time()  # evaluations and saves stay out of the step times logged
-        if (iter_num % cfg["eval_interval"] == 0 or last_step) and (iter_num > start_iter or not resumed
-                                                                   or last_step or cfg["eval_only"] or not evaluated):
-            if iter_num == start_iter and cfg["eval_iters"] * cfg["batch_size"] * cfg["block_size"] > 1e6:
+        # stop, when asked to, after a whole step: save where the run stands
+        signum = stop_signal() if iter_num > run.start_iter and not last_step else 0
+        if signum:
+            return run.stop(iter_num, signum)
+
+        # evaluate every eval_interval steps and at the last (a resumed run has just evaluated, unless a stop saved it)
+        losses = None
+        just_resumed = iter_num == run.start_iter and run.resumed and run.evaluated and not cfg["eval_only"]
+        if (iter_num % cfg["eval_interval"] == 0 and not just_resumed) or last_step:
+            if iter_num == run.start_iter and cfg["eval_iters"] * cfg["batch_size"] * cfg["block_size"] > 1e6:
                 log(f"evaluating the loss on {cfg['eval_iters']} batches per split (a while on a CPU)")
             losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size, stop_signal)
-            if losses is None:
-                return stopped()
-            log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            check_finite(losses, iter_num, ckpt_path)
-            record = {"kind": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                      "lr": lr, "tokens": iter_num * tokens_per_iter, "peak_mem": peak_memory(device)}
+            if losses is None:  # a signal came during the evaluation
+                return run.stop(iter_num, stop_signal())
+            check_finite(losses, iter_num, run.path)
+            hs = None
             if hellaswag and (iter_num % cfg["hellaswag_interval"] == 0 or last_step):
                 hs = evaluate_hellaswag(raw_model, hellaswag, device, cfg["batch_size"], ctx, rank, world_size)
-                record.update(hellaswag_acc=hs["acc"], hellaswag_acc_norm=hs["acc_norm"])
-                log(f"step {iter_num}: hellaswag acc {hs['acc']:.4f}, acc_norm {hs['acc_norm']:.4f} ({hs['n']} items)")
-            if record["peak_mem"] is not None:  # CUDA: the peak of this evaluation interval
-                log(f"step {iter_num}: peak memory {record['peak_mem'] / 2**20:,.0f} MiB")
-                torch.cuda.reset_peak_memory_stats(device)
-            if metrics_path:
-                append_jsonl(metrics_path, record)
-            if cfg["wandb_log"] and master:
-                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
-                           **{k: v for k, v in record.items() if k.startswith(("hellaswag", "peak")) and v is not None}})
-            improved = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
-            if improved or cfg["always_save_checkpoint"] or (last_step and not have_ckpt):
-                paths.append(ckpt_path)
-            if improved and cfg["keep_best"]:
-                paths.append(os.path.join(cfg["out_dir"], "best.pt"))
-        if ((cfg["save_interval"] and iter_num % cfg["save_interval"] == 0) or iter_num in cfg["save_iters"]) \
-                and (iter_num > start_iter or not resumed):
-            paths.append(snapshot_path(cfg["out_dir"], iter_num))
-        if paths and (iter_num > 0 or last_step) and not cfg["eval_only"]:
-            save(paths)
-            have_ckpt = have_ckpt or ckpt_path in paths
+            metrics.evaluation(iter_num, losses, lr, hs)
+
+        # save: ckpt.pt after an evaluation, snapshots when due
+        paths = run.due(iter_num, last_step, losses and losses["val"])
+        if paths:
+            run.save(paths, iter_num)
         t_log += time.time() - t_pause
         if cfg["eval_only"] or last_step:
             if last_step and not cfg["eval_only"]:
@@ -362,7 +264,7 @@ def main(argv):
                     f"      plot its losses: python plot.py --out_dir={cfg['out_dir']}")
             break
 
-        # One optimizer step over `accum` micro-batches; gradients are all-reduced only on the last.
+        # step: one optimizer step over `accum` micro-batches; gradients are all-reduced only on the last
         loss_sum = torch.zeros((), device=device)
         for m in range(accum):
             sync = m == accum - 1
@@ -382,33 +284,14 @@ def main(argv):
         optimizer.zero_grad(set_to_none=True)
         iters_since_log += 1
 
+        # log every log_interval steps: the one host sync a line costs
         if iter_num % cfg["log_interval"] == 0:
             if world_size > 1:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-            lossf = loss_sum.item()  # the one host sync per log line
-            check_finite({"train": lossf}, iter_num, ckpt_path)
-            now = time.time()
-            dt = (now - t_log) / iters_since_log
-            t_log, iters_since_log = now, 0
-            logs_done += 1
-            # the first line's time includes compiling (and warm-up): no utilisation figure for it
-            mfu = raw_model.estimate_mfu(cfg["batch_size"] * accum, dt, peak_flops, cfg["block_size"]) \
-                if logs_done > 1 else None
-            mfu_text = "n/a" if mfu is None else f"{mfu * 100:.2f}%"
-            tok_s, eta = tokens_per_iter / dt, (cfg["max_iters"] - iter_num - 1) * dt
-            log(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}, "
-                f"eta {duration(eta)}")
-            if logs_done == 3 and device_type == "cpu" and eta > 3600:  # e.g. a GPU config run on a laptop
-                log(f"note: at {dt:.2f} s a step, this run needs about {duration(eta)} more on this CPU; "
-                    "config/train_shakespeare_char_cpu.py is sized for a CPU (a few minutes)")
-            if metrics_path:
-                append_jsonl(metrics_path, {"kind": "train", "iter": iter_num, "loss": lossf, "lr": lr,
-                                            "tokens": (iter_num + 1) * tokens_per_iter, "time_ms": dt * 1000,
-                                            "tok_per_s": tok_s, "mfu": mfu, "grad_norm": grad_norm.item(),
-                                            "peak_mem": peak_memory(device)})
-            if cfg["wandb_log"] and master and logs_done > 1:
-                wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
-                           "grad_norm": grad_norm.item()})
+            lossf = loss_sum.item()
+            check_finite({"train": lossf}, iter_num, run.path)
+            dt, t_log, iters_since_log = (time.time() - t_log) / iters_since_log, time.time(), 0
+            metrics.step(iter_num, lossf, lr, dt, grad_norm.item(), cfg["batch_size"] * accum)
 
 
 if __name__ == "__main__":

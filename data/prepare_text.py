@@ -27,8 +27,10 @@ SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 # The repo's one convention for user mistakes: a one-line `error: ...` and exit status 2.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from configurator import UserError as PrepareError, gpt2_encoding, hub_problem, read_utf8, run_main  # noqa: E402,F401
-from lifetime import atomic_write  # noqa: E402
+from errors import UserError as PrepareError, read_utf8, run_main  # noqa: E402,F401
+from hf import hub_problem  # noqa: E402,F401
+from safety import atomic_write  # noqa: E402
+from tokenizer import gpt2_encoding  # noqa: E402
 
 DATASET_FILES = ("train.bin", "val.bin", "meta.json")
 

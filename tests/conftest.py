@@ -1,6 +1,7 @@
 """Shared test fixtures: the repo root, an offline GPT-2 tokenizer, and a way to run our scripts."""
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -129,3 +130,19 @@ def random_hf_gpt2(config_kwargs, affine_noise):
             if name.endswith("bias") or ".ln_" in name:
                 p.add_(affine_noise * torch.randn_like(p))
     return model
+
+
+def plain_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_):
+    """The test oracle for model.py's attention: scaled dot products, masked, softmax, written out."""
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    if is_causal:
+        attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        att = att.masked_fill(~attn_mask, float("-inf"))
+    return torch.nn.functional.dropout(att.softmax(dim=-1), dropout_p) @ v
+
+
+@pytest.fixture
+def plain_attention(monkeypatch):
+    """Call it to run model.py's attention through plain_sdpa instead of SDPA's fused kernels."""
+    return lambda: monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", plain_sdpa)

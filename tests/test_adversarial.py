@@ -230,7 +230,7 @@ def test_files_that_are_not_utf8_name_the_byte(tmp_path, char_data, bpe_data):
         (["eval.py", "--task=hellaswag", "--init_from=" + str(tmp_path / "hf"), f"--data_path={bad}"], "HellaSwag"),
         (["data/prepare_text.py", f"--input={bad}", f"--out_dir={tmp_path / 'ds'}"], "input file"),
     ]
-    from eval import export_hf
+    from hf import export as export_hf
     from model import GPT, GPTConfig
     export_hf(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=50257)), str(tmp_path / "hf"))
     before = tree(tmp_path)
@@ -367,7 +367,7 @@ def test_offline_and_missing_packages_are_one_line(tmp_path, char_data, bpe_data
 
 
 def test_a_damaged_hugging_face_folder_names_the_file(tmp_path):
-    from eval import export_hf
+    from hf import export as export_hf
     from model import GPT, GPTConfig
     hf = tmp_path / "hf"
     export_hf(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=50257)), str(hf))

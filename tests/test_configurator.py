@@ -4,7 +4,8 @@ import textwrap
 import pytest
 
 from conftest import REPO, run_script
-from configurator import UserError, load_config, parse_value
+from configurator import load_config, parse_value
+from errors import UserError
 
 DEFAULTS = {
     "out_dir": "out",
@@ -173,7 +174,7 @@ def test_non_literal_brace_text_is_a_type_error_not_a_crash():
 
 RUN_MAIN_SCRIPT = (
     "import sys\n"
-    "from configurator import load_config, run_main\n"
+    "from configurator import load_config\nfrom errors import run_main\n"
     "def main():\n"
     "    cfg = load_config({'batch_size': 12, 'learning_rate': 6e-4}, sys.argv[1:])\n"
     "    print('batch_size', cfg['batch_size'])\n"
@@ -194,6 +195,6 @@ def test_run_main_turns_user_error_into_one_line():
 
 
 def test_run_main_lets_programmer_errors_through():
-    script = "from configurator import run_main\ndef main():\n    raise RuntimeError('boom')\nrun_main(main)\n"
+    script = "from errors import run_main\ndef main():\n    raise RuntimeError('boom')\nrun_main(main)\n"
     res = run_script("-c", script, cwd=REPO, check=False, timeout=60)
     assert res.returncode == 1 and "RuntimeError: boom" in res.stderr and "Traceback" in res.stderr

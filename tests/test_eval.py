@@ -142,7 +142,7 @@ def test_hellaswag_distributed_matches_single_process(tmp_path, hf_dir, referenc
 
 
 def test_hellaswag_user_errors(tmp_path, hf_dir):
-    from configurator import UserError
+    from errors import UserError
     from eval import hellaswag_file
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": ""}) + "\n")  # the unlabelled test split
@@ -244,7 +244,7 @@ def test_perplexity_cli_char_checkpoint(tmp_path):
 def test_export_round_trip_is_exact(tmp_path, hf_model, hf_dir):
     """HF -> ours -> HF: the same tensors, hence the same logits; and ours -> HF gives our logits."""
     import transformers
-    from eval import export_hf
+    from hf import export as export_hf
     ours = GPT.from_pretrained(hf_dir).eval()
     export_hf(ours, str(tmp_path / "hf"))
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

@@ -11,7 +11,7 @@ import tiktoken
 import torch
 
 from conftest import load, run_script, train
-from configurator import UserError
+from errors import UserError
 from dataloader import Batches, open_splits
 
 PREPARE = "data/fineweb_edu/prepare.py"

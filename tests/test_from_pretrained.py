@@ -80,10 +80,9 @@ def test_logits_match_transformers(which, hf_model, safetensors_dir, bin_dir):
     assert (short[:, 0] - hf_logits(hf_model, idx[:, :5])[:, -1]).abs().max().item() < 1e-4
 
 
-def test_reference_attention_path_also_matches(hf_model, safetensors_dir):
+def test_reference_attention_path_also_matches(hf_model, safetensors_dir, plain_attention):
     model = GPT.from_pretrained(safetensors_dir).eval()
-    for block in model.transformer.h:
-        block.attn.use_sdpa = False
+    plain_attention()
     idx = tokens(seed=1)
     with torch.no_grad():
         full, _ = model(idx, targets=idx)

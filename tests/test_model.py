@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 import model as model_module
-from model import GPT, GPTConfig, CausalSelfAttention, device_peak_flops
+from model import GPT, GPTConfig
+from runtime import device_peak_flops, estimate_memory
 
 VOCAB = 128
 
@@ -33,26 +34,24 @@ def random_batch(seed=1, B=4, T=16, vocab=VOCAB):
     return x, y
 
 
-def set_sdpa(model, on):
-    modules = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    assert len(modules) == model.config.n_layer
-    for m in modules:
-        m.use_sdpa = on
+def run_both(plain_attention, compute):
+    """compute() through SDPA, then through the tests' plain attention (conftest.plain_sdpa)."""
+    fused = compute()
+    plain_attention()
+    return fused, compute()
 
 
-def test_sdpa_matches_reference_attention_logits_and_grads():
+def test_sdpa_matches_reference_attention_logits_and_grads(plain_attention):
     model = tiny_model()
     model.train()  # dropout is 0, so train mode must still be deterministic
     x, y = random_batch()
-    results = {}
-    for on in (True, False):
-        set_sdpa(model, on)
+
+    def compute():
         model.zero_grad(set_to_none=True)
         logits, loss = model(x, y)
         loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        results[on] = (logits.detach(), loss.detach(), grads)
-    (l1, loss1, g1), (l0, loss0, g0) = results[True], results[False]
+        return logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    (l1, loss1, g1), (l0, loss0, g0) = run_both(plain_attention, compute)
     torch.testing.assert_close(l1, l0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=1e-6)
     assert g1.keys() == g0.keys() and len(g1) > 0
@@ -61,17 +60,17 @@ def test_sdpa_matches_reference_attention_logits_and_grads():
         torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_reference_attention_is_causal():
+def test_reference_attention_is_causal(plain_attention):
     """Changing a later token must not change earlier positions' logits (either path)."""
     model = tiny_model().eval()
     x, y = random_batch(B=1)
     x2 = x.clone()
     x2[0, 10] = (x2[0, 10] + 1) % VOCAB
-    for on in (True, False):
-        set_sdpa(model, on)
+
+    def compute():
         with torch.no_grad():
-            a, _ = model(x, y)
-            b, _ = model(x2, y)
+            return model(x, y)[0], model(x2, y)[0]
+    for a, b in run_both(plain_attention, compute):
         torch.testing.assert_close(a[:, :10], b[:, :10], atol=1e-6, rtol=0)
         assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-4)
 

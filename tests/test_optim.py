@@ -98,7 +98,7 @@ def test_fsdp_with_muon_is_refused_in_one_line(tmp_path, char_data):
 
 
 def test_a_torch_without_muon_names_the_version_needed(monkeypatch):
-    from configurator import UserError
+    from errors import UserError
     monkeypatch.delattr(torch.optim, "Muon")
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=4, vocab_size=10))
     with pytest.raises(UserError, match=r"optimizer=muon needs torch 2\.9 or newer"):

@@ -9,6 +9,7 @@ import torch
 
 from conftest import run_script, train
 from model import GPT, GPTConfig
+from runtime import estimate_memory
 from test_eval import ITEMS, write_items
 
 
@@ -104,7 +105,7 @@ def test_activation_estimate_is_close_to_what_autograd_saves(shape, dtype):
             model(x, x)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     measured = sum(n for ptr, n in saved.items() if ptr not in weights)
-    est = model.estimate_memory(B, T, dtype)
+    est = estimate_memory(model, B, T, dtype)
     assert 0.8 < est["activations"] / measured < 1.2
     n = sum(p.numel() for p in model.parameters())
     assert est["params"] == est["grads"] == 4 * n and est["optimizer"] == 8 * n  # fp32 weights, AdamW's 2 moments

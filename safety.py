@@ -10,7 +10,7 @@ import secrets
 import signal
 import socket
 
-from configurator import UserError
+from errors import UserError
 
 try:
     import fcntl

@@ -1,0 +1,123 @@
+"""What a training run reports: its log lines, out_dir/log.jsonl (which plot.py reads), and wandb.
+
+One JSON object per line of log.jsonl: {"kind": "train", "iter", "loss", "lr", "tokens", "time_ms",
+"tok_per_s", "mfu", "grad_norm", "peak_mem"} per log line, {"kind": "eval", "iter", "train_loss",
+"val_loss", "lr", "tokens", "peak_mem", hellaswag_*} per evaluation.
+"""
+import json
+import math
+import os
+
+import torch
+
+from errors import UserError
+from safety import atomic_write
+
+
+def duration(seconds):
+    """'1h02m', '3m12s' or '45s'."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def append_jsonl(path, record):
+    """Add one JSON object as a line of path; inf/NaN become null so every line stays valid JSON."""
+    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path):
+    """The JSON records of a log file, in order, skipping a last line cut short by a crash."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("iter"), int):
+                records.append(record)
+    return records
+
+
+def start_jsonl(path, resume_iter=None):
+    """Check log.jsonl before a run appends to it. A new run never takes over another run's log. A resumed
+    run keeps the records its checkpoint had seen, evals up to resume_iter and steps before it (a crashed
+    run's later records would be repeated): the kept ones are written to a new file renamed over the old."""
+    if not os.path.exists(path):
+        return
+    if resume_iter is None:
+        raise UserError(f"{path} holds another run's log (a run that stopped before its first checkpoint?); "
+                        "move it away or choose another --out_dir")
+    records = read_jsonl(path)
+    keep = [r for r in records if r["iter"] < resume_iter or (r["iter"] == resume_iter and r.get("kind") == "eval")]
+    if keep != records or os.path.getsize(path) != sum(len(json.dumps(r)) + 1 for r in records):
+        atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
+
+
+class Metrics:
+    """Rank 0's reports: print the lines, append log.jsonl (not for eval_only), log to wandb (wandb_log).
+    Other ranks get one whose calls print and write nothing."""
+
+    def __init__(self, cfg, model, device, tokens_per_iter, peak_flops, master, resume_iter=None):
+        self.cfg, self.model, self.device, self.master = cfg, model, device, master
+        self.tokens_per_iter, self.peak_flops, self.logs_done = tokens_per_iter, peak_flops, 0
+        self.path = os.path.join(cfg["out_dir"], "log.jsonl") if master and not cfg["eval_only"] else None
+        if self.path:
+            start_jsonl(self.path, resume_iter)
+        self.wandb = None
+        if cfg["wandb_log"] and master:
+            import wandb
+            self.wandb = wandb
+            wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    def log(self, *args, **kwargs):
+        if self.master:
+            print(*args, **kwargs)
+
+    def peak_memory(self):
+        """Bytes of the largest CUDA allocation total since the last reset; None on other devices."""
+        return torch.cuda.max_memory_allocated(self.device) if self.device.startswith("cuda") else None
+
+    def record(self, record, wandb_keys=None):
+        """Append record to log.jsonl; log the wandb_keys it has to wandb under their names there."""
+        if self.path:
+            append_jsonl(self.path, record)
+        if self.wandb and wandb_keys:
+            self.wandb.log({"iter": record["iter"], **{name: record[key] for key, name in wandb_keys.items()
+                                                       if record.get(key) is not None}})
+
+    def evaluation(self, iter_num, losses, lr, hellaswag=None):
+        self.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        record = {"kind": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                  "lr": lr, "tokens": iter_num * self.tokens_per_iter, "peak_mem": self.peak_memory()}
+        if hellaswag:
+            record.update(hellaswag_acc=hellaswag["acc"], hellaswag_acc_norm=hellaswag["acc_norm"])
+            self.log(f"step {iter_num}: hellaswag acc {hellaswag['acc']:.4f}, acc_norm {hellaswag['acc_norm']:.4f} "
+                     f"({hellaswag['n']} items)")
+        if record["peak_mem"] is not None:  # CUDA: the peak of this evaluation interval
+            self.log(f"step {iter_num}: peak memory {record['peak_mem'] / 2**20:,.0f} MiB")
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.record(record, {"train_loss": "train/loss", "val_loss": "val/loss", "lr": "lr",
+                             "hellaswag_acc": "hellaswag_acc", "hellaswag_acc_norm": "hellaswag_acc_norm",
+                             "peak_mem": "peak_mem"})
+
+    def step(self, iter_num, loss, lr, dt, grad_norm, micro_batches):
+        """The log line of a training step that took dt seconds (the first one's time includes compiling
+        and warm-up: no utilisation figure for it)."""
+        self.logs_done += 1
+        mfu = self.model.estimate_mfu(micro_batches, dt, self.peak_flops, self.cfg["block_size"]) \
+            if self.logs_done > 1 else None
+        mfu_text = "n/a" if mfu is None else f"{mfu * 100:.2f}%"
+        tok_s, eta = self.tokens_per_iter / dt, (self.cfg["max_iters"] - iter_num - 1) * dt
+        self.log(f"iter {iter_num}: loss {loss:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}, tok/s {tok_s:,.0f}, "
+                 f"eta {duration(eta)}")
+        if self.logs_done == 3 and self.device == "cpu" and eta > 3600:  # e.g. a GPU config run on a laptop
+            self.log(f"note: at {dt:.2f} s a step, this run needs about {duration(eta)} more on this CPU; "
+                     "config/train_shakespeare_char_cpu.py is sized for a CPU (a few minutes)")
+        record = {"kind": "train", "iter": iter_num, "loss": loss, "lr": lr,
+                  "tokens": (iter_num + 1) * self.tokens_per_iter, "time_ms": dt * 1000, "tok_per_s": tok_s,
+                  "mfu": mfu, "grad_norm": grad_norm, "peak_mem": self.peak_memory()}
+        self.record(record, {"loss": "train/loss_step", "lr": "lr", "tok_per_s": "tok_per_s",
+                             "grad_norm": "grad_norm"} if self.logs_done > 1 else None)
