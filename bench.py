@@ -102,7 +102,7 @@ def bench_generate(cfg, device, dtype):
             out = hf_model.generate(idx, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
                                     attention_mask=torch.ones_like(idx), pad_token_id=0)
         else:
-            out = engine.generate(model, idx, n, temperature=0, logits_out=logits, **options)
+            out = model.generate(idx, n, temperature=0, logits_out=logits, **options)
         sync(device)
         return out, logits, time.time() - t0
 

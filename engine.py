@@ -1,19 +1,12 @@
 """Generation: a static KV cache, one-token decode steps (replayed as a CUDA graph on GPUs), and sampling.
 
-    for next_ids in stream(model, idx, 200, temperature=0.8, top_k=200, generator=g): ...
-
-The reference, use_cache=False, runs the whole context (its last block_size tokens) from position 0
-for every new token. The cached path runs the prompt once (prefill), keeping every layer's keys and
-values in buffers of block_size positions, then feeds one token per step (decode), whose queries
-attend to all cached keys up to their own position through the same SDPA call that training uses.
-In float32 the two agree to ~1e-6 in the logits (tests: the same greedy tokens, logits within 1e-5).
-Past block_size every learned position shifts by one with each token, so every cached key is stale:
-from there on both paths run the reference.
-
-At batch 1 a decode step is a few hundred small kernels and a GPU waits on their launches, so on CUDA
-the step is captured once as a CUDA graph and replayed per token. The graph works on fixed tensors:
-the cache's buffers, the position `cache.pos` (advanced inside the graph) and one input id per row;
-greedy decoding's argmax runs inside it too, while sampling draws outside it from its logits.
+The reference (use_cache=False) runs the context's last block_size tokens from position 0 for every new
+token. The cached path runs the prompt once (prefill), keeping each layer's keys and values in buffers of
+block_size positions, then one token per step (decode), attending to the cached keys up to its position
+through the SDPA call training uses: in float32 the logits agree to ~1e-6 (tests: same greedy tokens,
+within 1e-5). Past block_size every position shifts each token, so both run the reference. On CUDA the
+decode step (a few hundred small kernels, launch-bound at batch 1) is captured as a CUDA graph on fixed
+tensors (the cache, `cache.pos`, one id per row) and replayed; greedy argmax runs inside it, sampling after.
 """
 import time
 
@@ -24,10 +17,9 @@ from errors import reason
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, vocab_limit=None):
-    """Next ids (B, 1) from logits (B, V). temperature 0 or top_k=1 is greedy (argmax). top_k keeps
-    the k most likely ids; top_p keeps the smallest set of most likely ids whose probability reaches
-    top_p (always at least one); vocab_limit bans ids >= it (a padded vocabulary). Draws only from
-    generator, and only among the ids kept: with top_k that is k numbers per row, not the vocabulary."""
+    """Next ids (B, 1) from logits (B, V). temperature 0 or top_k=1 is greedy (argmax). top_k keeps the k
+    most likely ids; top_p the fewest most likely ids whose probability reaches top_p (at least one);
+    vocab_limit bans ids >= it (a padded vocabulary). Draws from generator, among the kept ids only."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -49,8 +41,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None,
 
 
 class LayerKV:
-    """One layer's keys and values (B, n_head, block_size, head_size), allocated at the first store in
-    the dtype the layer produces (autocast's, or the weights')."""
+    """One layer's keys and values (B, n_head, block_size, head_size), in the dtype the layer produces."""
 
     def __init__(self, cache):
         self.cache, self.k, self.v = cache, None, None
@@ -66,7 +57,7 @@ class LayerKV:
 
 
 class KVCache:
-    """Every layer's keys and values, and `pos`: the positions (a device tensor) of the tokens in the pass."""
+    """Every layer's keys and values, and `pos`: the positions (a device tensor) of the pass's tokens."""
 
     def __init__(self, n_layer, block_size, pos):
         self.length, self.pos = block_size, pos
@@ -85,15 +76,14 @@ def decode(model, ids, cache, vocab_limit=None):
 
 
 class CUDAGraphDecode:
-    """`step` (decode, or compile_decode()) captured as a CUDA graph for each new cache and replayed after
-    that. The first step on a cache runs eagerly on a side stream (the warm-up capture needs), then the
-    same step is recorded; a capture that fails leaves every step eager, with one note."""
+    """`step` (decode or compile_decode()) captured as a CUDA graph for each new cache, replayed after that.
+    The first step on a cache runs eagerly on a side stream (capture's warm-up), then is recorded."""
 
     def __init__(self, step=decode, log=print):
         self.step, self.log, self.cache, self.graph, self.captures = step, log, None, None, 0
 
     def __call__(self, model, ids, cache, vocab_limit=None):
-        if self.graph is False:
+        if self.graph is False:  # a capture failed: eager for good
             return self.step(model, ids, cache, vocab_limit)
         if cache is self.cache:
             self.ids.copy_(ids)
@@ -118,8 +108,7 @@ class CUDAGraphDecode:
 
 
 def compile_decode(log=print):
-    """`decode` through torch.compile, which compiles at the first call: its time is noted, and a broken
-    toolchain shows there, when the step falls back to eager for good, with a note."""
+    """`decode` through torch.compile; a failure at the first call (compiling) falls back to eager, noted."""
     compiled = [torch.compile(decode)]
 
     def step(*args):
@@ -140,12 +129,11 @@ def compile_decode(log=print):
 @torch.inference_mode()
 def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, vocab_limit=None,
            generator=None, use_cache=True, step=decode, logits_out=None):
-    """Yield the next ids (B, 1) one step at a time. step runs the decode steps (decode, a CUDAGraphDecode
-    or compile_decode()); logits_out, a list, receives each step's logits (B, V) for comparisons."""
+    """Yield the next ids (B, 1) one at a time; step runs the decode steps, logits_out gets their logits."""
     L, seq = model.config.block_size, idx
     greedy, cache = temperature == 0 or top_k == 1, None
     for _ in range(max_new_tokens):
-        T, pick = seq.size(1), None
+        T, greedy_pick = seq.size(1), None
         if not use_cache or T > L:  # the reference: the last L tokens from position 0
             logits = model(seq[:, -L:])[0][:, -1]
         elif cache is None:  # prefill: the prompt at positions 0..T-1, then decode from position T
@@ -153,15 +141,10 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
             logits = model(seq, cache=cache)[0][:, -1]
             cache.pos = torch.tensor([T], device=seq.device)
         else:  # decode: the newest token, at position T - 1
-            logits, pick = step(model, seq[:, -1:], cache, vocab_limit)
+            logits, greedy_pick = step(model, pick, cache, vocab_limit)
         if logits_out is not None:
             logits_out.append(logits)
-        if pick is None or not greedy:
-            pick = sample_next(logits, temperature, top_k, top_p, generator, vocab_limit)
+        pick = greedy_pick if greedy and greedy_pick is not None else \
+            sample_next(logits, temperature, top_k, top_p, generator, vocab_limit)
         seq = torch.cat((seq, pick), dim=1)
         yield pick
-
-
-def generate(model, idx, max_new_tokens, **kwargs):
-    """idx (B, T) followed by max_new_tokens new ids; keyword arguments as for `stream`."""
-    return torch.cat([idx] + list(stream(model, idx, max_new_tokens, **kwargs)), dim=1)

@@ -1,7 +1,8 @@
-"""Time greedy sampling from GPT-2 124M's shape (random weights, batch 1): ours, with the KV cache,
-eager or with the compiled decode step, or nanoGPT's generate (the whole context again per token).
+"""Time greedy sampling from GPT-2 124M's shape (random weights): ours, with the KV cache (eager decode
+steps, replayed from a CUDA graph, or compiled and replayed), or nanoGPT's generate (the whole context
+again per token, under bf16 autocast; ours runs on bf16 weights).
 
-    python .ci/gpu_sample.py --impl=ours --device=cuda --tokens=500
+    python .ci/gpu_sample.py --impl=ours-graph --device=cuda --tokens=500 --batch=64
     python .ci/gpu_sample.py --impl=nanogpt --nanogpt_dir=.gpu/nanoGPT --device=cuda
 
 One untimed run first (compilation, kernels), then --runs timed ones; prints one JSON line.
@@ -18,7 +19,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from engine import compile_step, generate  # noqa: E402
+from engine import CUDAGraphDecode, compile_decode, decode  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 
@@ -33,7 +34,8 @@ def nanogpt_model(folder, state, shape):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", choices=("ours", "ours-compiled", "nanogpt"), required=True)
+    p.add_argument("--impl", choices=("ours", "ours-graph", "ours-compiled", "nanogpt"), required=True)
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--nanogpt_dir", default="")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tokens", type=int, default=500)
@@ -46,11 +48,14 @@ def main():
     torch.manual_seed(0)
     ours = GPT(GPTConfig(**shape))
     model = nanogpt_model(a.nanogpt_dir, ours.state_dict(), shape) if a.impl == "nanogpt" else ours
-    model = model.to(a.device).eval()
     cuda = a.device.startswith("cuda")
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    step_fn = compile_step(model, a.device, on_cpu=True) if a.impl == "ours-compiled" else None
-    idx = torch.zeros((1, 1), dtype=torch.long, device=a.device)
+    nano = a.impl == "nanogpt"
+    model = model.to(a.device, torch.bfloat16 if cuda and not nano else torch.float32).eval()
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16, enabled=nano) if cuda else torch.autocast("cpu", enabled=False)
+    step = compile_decode() if a.impl == "ours-compiled" else decode
+    if a.impl in ("ours-graph", "ours-compiled") and cuda:
+        step = CUDAGraphDecode(step)
+    idx = torch.zeros((a.batch, 1), dtype=torch.long, device=a.device)
 
     def run():
         if cuda:
@@ -60,7 +65,7 @@ def main():
             if a.impl == "nanogpt":
                 out = model.generate(idx, a.tokens, top_k=1)  # greedy: the one id left
             else:
-                out = generate(model, idx, a.tokens, temperature=0, step_fn=step_fn)
+                out = model.generate(idx, a.tokens, temperature=0, step=step)
         if cuda:
             torch.cuda.synchronize()
         return time.time() - t, out
@@ -68,7 +73,7 @@ def main():
     warm, _ = run()
     times = [run()[0] for _ in range(a.runs)]
     s = statistics.median(times)
-    print(json.dumps({"impl": a.impl, "device": a.device, "tokens": a.tokens, "batch": 1, "first_run_s": round(warm, 3),
+    print(json.dumps({"impl": a.impl, "device": a.device, "tokens": a.tokens, "batch": a.batch, "first_run_s": round(warm, 3),
                       "median_s": round(s, 4), "ms_per_token": round(s / a.tokens * 1000, 3),
                       "runs_s": [round(t, 4) for t in times], "dtype": "bfloat16" if cuda else "float32"}))
 

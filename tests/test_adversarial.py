@@ -294,8 +294,8 @@ def test_sample_and_bench_settings(tmp_path, char_data):
                      "--num_samples=1", "--max_new_tokens=3", cwd=tmp_path)
     assert res.stdout.count("---------------") == 1
     for script, args, message in [
-        ("sample.py", ["--top_k=-1"], "top_k must be >= 0"),
-        ("sample.py", ["--temperature=1e999"], "temperature must be >= 0"),
+        ("sample.py", ["--top_k=-1"], "top_k=-1 must not be negative"),
+        ("sample.py", ["--temperature=1e999"], "temperature=inf must be a finite number >= 0"),
         ("bench.py", ["--batch_size=0"], "batch_size=0 must be at least 1"),
         ("bench.py", ["--n_embd=100", "--n_head=3"], "n_embd=100 must be divisible by n_head=3"),
         ("bench.py", ["--block_size=-4"], "block_size=-4 must be at least 1"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, load, run_script, train
-from engine import compile_step, stream
+from engine import compile_decode, stream
 from model import GPT, GPTConfig
 from runtime import compile_problem
 
@@ -93,12 +93,11 @@ def test_compiled_decode_step_on_cpu_gives_the_eager_tokens_in_one_graph(one_thr
         model.lm_head.weight.mul_(30)
     idx = torch.randint(97, (1, 5))
     notes = []
-    step = compile_step(model, "cpu", log=notes.append, on_cpu=True)
-    assert step is not None and compile_step(model, "cpu") is None  # CPU compiles only when asked
+    step = compile_decode(log=notes.append)
     fast_logits, ref_logits = [], []
-    fast = torch.cat(list(stream(model, idx, 70, temperature=0, step_fn=step, logits_out=fast_logits)), 1)
+    fast = torch.cat(list(stream(model, idx, 70, temperature=0, step=step, logits_out=fast_logits)), 1)
     ref = torch.cat(list(stream(model, idx, 70, temperature=0, use_cache=False, logits_out=ref_logits)), 1)
-    assert notes == []  # no fallback: the compiled step ran
+    assert len(notes) == 1 and notes[0].startswith("note: compiled the decode step in")  # no fallback
     assert torch.equal(fast, ref)
     assert max((a - b).abs().max().item() for a, b in zip(fast_logits, ref_logits)) < 1e-4
     assert counters["stats"]["unique_graphs"] == 1
@@ -115,8 +114,8 @@ def test_compiled_decode_step_falls_back_to_eager_when_compiling_fails(monkeypat
     model = GPT(GPTConfig(block_size=32, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).eval()
     idx = torch.randint(50, (1, 20))
     notes = []
-    step = compile_step(model, "cpu", log=notes.append, on_cpu=True)
-    out = torch.cat(list(stream(model, idx, 8, temperature=0, step_fn=step)), 1)
+    step = compile_decode(log=notes.append)
+    out = torch.cat(list(stream(model, idx, 8, temperature=0, step=step)), 1)
     ref = torch.cat(list(stream(model, idx, 8, temperature=0)), 1)
     assert torch.equal(out, ref)
     assert notes == ["note: decoding without torch.compile (RuntimeError: no working C++ compiler)"]

@@ -90,17 +90,17 @@ def test_flash_attention_is_the_kernel_for_training_shapes():
 
 
 def test_kv_cache_on_cuda_follows_the_full_recompute():
-    """cuBLAS may round a row differently by how many rows run together, so on a GPU the cached and
+    """On a GPU kernels round differently by shape, so the cached (eager, CUDA graph, compiled) and
     reference logits agree closely rather than bit for bit; greedy tokens agree until a near tie."""
-    from engine import compile_step, stream
+    from engine import CUDAGraphDecode, compile_decode, decode, stream
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=128)).cuda().eval()
     with torch.no_grad():  # sharper logits than the initialisation's, so ties are rare
         model.lm_head.weight.mul_(20)
     idx = torch.randint(512, (1, 8), device="cuda")
-    for step_fn in (None, compile_step(model, "cuda")):
+    for step in (decode, CUDAGraphDecode(log=pytest.fail), compile_decode(log=print)):
         fast_logits, ref_logits = [], []
-        fast = torch.cat(list(stream(model, idx, 80, temperature=0, step_fn=step_fn, logits_out=fast_logits)), 1)
+        fast = torch.cat(list(stream(model, idx, 80, temperature=0, step=step, logits_out=fast_logits)), 1)
         ref = torch.cat(list(stream(model, idx, 80, temperature=0, use_cache=False, logits_out=ref_logits)), 1)
         same = int((fast == ref).long().cumprod(1).sum())  # tokens equal before the first difference
         for a, b in zip(fast_logits[:same + 1], ref_logits[:same + 1]):
@@ -108,6 +108,18 @@ def test_kv_cache_on_cuda_follows_the_full_recompute():
         if same < 80:  # the paths may part only where the top two logits of the reference nearly tie
             top2 = ref_logits[same].topk(2).values[0]
             assert (top2[0] - top2[1]).item() < 1e-2 * top2.abs().max().item()
+
+
+def test_cuda_graph_decoding_equals_eager_for_64_steps():
+    """Replays of the captured step give eager's greedy tokens, at batch 1 and 4, for a second sample too."""
+    from engine import CUDAGraphDecode
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=128, vocab_size=512, n_layer=2, n_head=4, n_embd=128)).cuda().eval()
+    graph = CUDAGraphDecode(log=lambda line: None)
+    for B in (1, 4, 4):
+        idx = torch.randint(512, (B, 8), device="cuda")
+        assert torch.equal(model.generate(idx, 64, temperature=0, step=graph), model.generate(idx, 64, temperature=0))
+    assert graph.graph not in (None, False) and graph.captures == 3
 
 
 @pytest.fixture
