@@ -117,8 +117,8 @@ class GPT(nn.Module):
         for block, kv in zip(self.transformer.h, layers):
             x = block(x, kv, mask)
         x = self.transformer.ln_f(x)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # inference needs only the next token's logits
+        if targets is None:  # inference needs only the next token's logits (a cache holds the head transposed)
+            return (self.lm_head(x[:, [-1]]) if cache is None else x[:, [-1]] @ cache.head), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss

@@ -102,7 +102,7 @@ def test_cache_positions_mask_and_writes(prompt, B):
     model = tiny()
     idx = torch.randint(0, 65, (B, 24), generator=torch.Generator().manual_seed(prompt))
     with torch.no_grad():
-        cache = engine.KVCache(model.config.n_layer, 24, torch.arange(prompt))
+        cache = engine.KVCache(model, torch.arange(prompt))
         assert torch.equal(cache.visible(), torch.ones(24, 24, dtype=torch.bool).tril()[:prompt])
         logits = [model(idx[:, :prompt], cache=cache)[0][:, -1]]
         for layer in cache.layers:
