@@ -45,7 +45,8 @@ def test_dry_run_rehearses_every_part(tmp_path):
     assert read("bench")["ours"]["ms_per_iter"] > 0 and read("bench")["nanogpt"] is None
     train = read("train")["ours"]
     assert train["exit_code"] == 0 and len(train["evals"]) == 4 and train["evals"][-1]["val"] < train["evals"][0]["val"]
-    sample = read("sample")
-    assert sample["ours"]["tokens"] == sample["ours_compiled"]["tokens"] == 20
+    runs = {(r["impl"], r["batch"]) for r in read("sample")["runs"]}
+    assert runs == {("ours", 1), ("ours-graph", 1), ("ours", 64), ("ours-graph", 64), ("ours-compiled", 1)}
+    assert all(r["tokens"] == 20 and r["ms_per_token"] > 0 for r in read("sample")["runs"])
     assert "decoding without torch.compile" not in result.stdout  # the compiled step really compiled
     assert "torch" in open(records["bench.log"]).read().splitlines()[3]  # the log says what it ran on
