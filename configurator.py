@@ -115,7 +115,7 @@ def check(cfg, **overrides):
     for key, value in cfg.items():
         rule = rules.get(key)
         if isinstance(rule, tuple) and value not in rule:
-            raise UserError(f"unknown {key} '{value}': use {' or '.join(rule)}")
+            raise UserError(f"unknown {key} '{value}': use {', '.join(rule[:-1])} or {rule[-1]}")
         if isinstance(rule, str) and not KINDS[rule][0](value):
             raise UserError(f"{key}={value} {KINDS[rule][1]}")
     if cfg.get("n_head") and cfg.get("n_embd", 0) % cfg["n_head"]:

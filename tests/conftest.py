@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -146,3 +147,115 @@ def plain_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_):
 def plain_attention(monkeypatch):
     """Call it to run model.py's attention through plain_sdpa instead of SDPA's fused kernels."""
     return lambda: monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", plain_sdpa)
+
+
+def popen(argv, cwd, stderr=subprocess.PIPE, timeout=300):
+    """subprocess.Popen with text pipes, killed after timeout seconds: a read of its output then ends
+    (at end of file) instead of hanging the suite."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    return proc
+
+
+# dropout > 0, so an exact resume also needs the random state that draws the dropout masks
+EXACT = ["--dropout=0.1", "--eval_interval=4"]
+
+
+def assert_same_state(a, b):
+    """Bit-identical weights and optimizer moments."""
+    assert a["iter_num"] == b["iter_num"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for i, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][i][name]), (i, name)
+
+
+def tree(root):
+    """Every file and folder under root, with a hash of its contents."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        out[folder] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[path] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def char_checkpoint(out, itos):
+    """A small char-model checkpoint as train.py writes it, made in-process (fast)."""
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig
+    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=len(itos), dropout=0.0)
+    model = GPT(GPTConfig(**args))
+    os.makedirs(out, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "optimizer": model.configure_optimizers(
+        0.1, 1e-3, (0.9, 0.95), "cpu").state_dict(), "model_args": args, "iter_num": 2, "best_val_loss": 3.0,
+        "config": {}, "vocab": {"vocab_size": len(itos), "itos": itos}}, os.path.join(out, "ckpt.pt"))
+
+
+def one_error_line(res, message):
+    """Exit status 2 and exactly one line on stderr, `error: ...` holding message; no traceback."""
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def start(tmp_path, data, out, *extra):
+    """train.py in the background, its output readable line by line."""
+    argv = [sys.executable, os.path.join(REPO, "train.py"), *TINY, f"--data_dir={data[0]}", f"--dataset={data[1]}",
+            f"--out_dir={out}", *extra]
+    return popen(argv, tmp_path)
+
+
+def wait_for(proc, text):
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"never saw {text!r}: {proc.stderr.read()}")
+
+
+# --- 1. one run per out_dir --------------------------------------------------------------------------
+
+
+# Hand-written items in HellaSwag's official jsonl format (all its fields, made-up text).
+ITEMS = [
+    dict(ind=1, activity_label="Making tea", ctx_a="A man fills a kettle with water.",
+         ctx_b="he", endings=["puts it on the stove and waits for it to boil.", "throws the kettle out the window.",
+                              "starts to sing loudly at the cat.", "paints the kettle bright green."], label=0),
+    dict(ind=2, activity_label="Skateboarding", ctx_a="A girl stands on a skateboard at the top of a ramp.",
+         ctx_b="she", endings=["rolls down the ramp and turns at the bottom.", "eats a sandwich.",
+                               "reads a very long book about the history of wheels and boards.", "sleeps."], label=0),
+    dict(ind=3, activity_label="Washing dishes", ctx_a="Plates are stacked in the sink.",
+         ctx_b="a woman", endings=["flies away.", "turns on the tap and scrubs each plate with a sponge.",
+                                   "laughs.", "drives the plates to the beach in her car."], label=1),
+    dict(ind=4, activity_label="Playing guitar", ctx_a="A boy sits on a chair holding a guitar.",
+         ctx_b="he", endings=["swims.", "jumps.", "strums the strings and begins to play a song.", "cooks rice."],
+         label=2),
+    dict(ind=5, activity_label="Running", ctx_a="Runners line up at the start of a race.",
+         ctx_b="the gun", endings=["is painted.", "melts.", "eats.", "fires and they all sprint down the track."],
+         label=3),
+    dict(ind=6, activity_label="Baking", ctx_a="Flour, sugar and eggs are mixed in a bowl.",
+         ctx_b="the baker", endings=["pours the batter into a tin and puts it in the oven.", "dances.",
+                                     "sells the bowl.", "forgets everything."], label=0),
+    dict(ind=7, activity_label="Office work", ctx_a="The phone rings in the quiet office.",
+         ctx_b="the manager", endings=["answers it.", "dances across the desks while juggling the staplers.",
+                                       "turns into a bird and flies out through the window.",
+                                       "eats the phone with a spoon."], label=0),
+    dict(ind=8, activity_label="Walking the dog", ctx_a="A dog sees a ball roll across the grass.",
+         ctx_b="the dog", endings=["runs after it.", "starts to write a letter to the president of the company.",
+                                   "opens the fridge and cooks a three course dinner.",
+                                   "puts on sunglasses and goes to the cinema alone."], label=0),
+]
+for _item in ITEMS:
+    _item.update(ctx=f"{_item['ctx_a']} {_item['ctx_b']}", split="val", split_type="indomain",
+                 source_id=f"test~{_item['ind']}")
+
+
+def write_items(path, items=ITEMS):
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return str(path)

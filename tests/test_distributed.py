@@ -102,7 +102,7 @@ def test_first_slurm_host():
 def test_fsdp_hellaswag_with_unequal_items_per_process(tmp_path, bpe_data):
     """3 items on 2 processes, one item a batch: rank 0 has two batches, rank 1 one. Every process must
     still run as many forward passes (each gathers FSDP's weights with all the others), or it hangs."""
-    from test_eval import ITEMS, write_items
+    from conftest import ITEMS, write_items
     path = write_items(tmp_path / "hs.jsonl", ITEMS[:3])
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", os.path.join(REPO, "train.py")]
     run = run_script(*launch, *TINY, "--batch_size=1", "--gradient_accumulation_steps=2", "--max_iters=2",

@@ -9,49 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, random_hf_gpt2, run_script
+from conftest import ITEMS, REPO, random_hf_gpt2, run_script, write_items
 from model import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# Hand-written items in HellaSwag's official jsonl format (all its fields, made-up text).
-ITEMS = [
-    dict(ind=1, activity_label="Making tea", ctx_a="A man fills a kettle with water.",
-         ctx_b="he", endings=["puts it on the stove and waits for it to boil.", "throws the kettle out the window.",
-                              "starts to sing loudly at the cat.", "paints the kettle bright green."], label=0),
-    dict(ind=2, activity_label="Skateboarding", ctx_a="A girl stands on a skateboard at the top of a ramp.",
-         ctx_b="she", endings=["rolls down the ramp and turns at the bottom.", "eats a sandwich.",
-                               "reads a very long book about the history of wheels and boards.", "sleeps."], label=0),
-    dict(ind=3, activity_label="Washing dishes", ctx_a="Plates are stacked in the sink.",
-         ctx_b="a woman", endings=["flies away.", "turns on the tap and scrubs each plate with a sponge.",
-                                   "laughs.", "drives the plates to the beach in her car."], label=1),
-    dict(ind=4, activity_label="Playing guitar", ctx_a="A boy sits on a chair holding a guitar.",
-         ctx_b="he", endings=["swims.", "jumps.", "strums the strings and begins to play a song.", "cooks rice."],
-         label=2),
-    dict(ind=5, activity_label="Running", ctx_a="Runners line up at the start of a race.",
-         ctx_b="the gun", endings=["is painted.", "melts.", "eats.", "fires and they all sprint down the track."],
-         label=3),
-    dict(ind=6, activity_label="Baking", ctx_a="Flour, sugar and eggs are mixed in a bowl.",
-         ctx_b="the baker", endings=["pours the batter into a tin and puts it in the oven.", "dances.",
-                                     "sells the bowl.", "forgets everything."], label=0),
-    dict(ind=7, activity_label="Office work", ctx_a="The phone rings in the quiet office.",
-         ctx_b="the manager", endings=["answers it.", "dances across the desks while juggling the staplers.",
-                                       "turns into a bird and flies out through the window.",
-                                       "eats the phone with a spoon."], label=0),
-    dict(ind=8, activity_label="Walking the dog", ctx_a="A dog sees a ball roll across the grass.",
-         ctx_b="the dog", endings=["runs after it.", "starts to write a letter to the president of the company.",
-                                   "opens the fridge and cooks a three course dinner.",
-                                   "puts on sunglasses and goes to the cinema alone."], label=0),
-]
-for _item in ITEMS:
-    _item.update(ctx=f"{_item['ctx_a']} {_item['ctx_b']}", split="val", split_type="indomain",
-                 source_id=f"test~{_item['ind']}")
-
-
-def write_items(path, items=ITEMS):
-    path.write_text("".join(json.dumps(item) + "\n" for item in items))
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def hf_tokenizer():

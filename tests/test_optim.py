@@ -77,14 +77,10 @@ def test_switching_optimizers_on_resume_starts_the_state_afresh(tmp_path, char_d
     assert "holds muon state and this run uses adamw" in res.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--optimizer=sgd"], "error: unknown optimizer 'sgd': use adamw or muon"),
-    (["--optimizer=muon", "--muon_lr=-1"], "error: muon_lr=-1.0 must be a finite number >= 0"),
-    (["--optimizer=muon", "--muon_momentum=1.5"], "error: muon_momentum=1.5 must be in [0, 1)"),
-])
-def test_bad_muon_settings_are_one_line(tmp_path, char_data, args, message):
-    res = train(tmp_path, char_data, *args, check=False)
-    assert res.returncode == 2 and res.stderr == message + "\n"
+def test_bad_muon_settings_are_one_line(tmp_path, char_data):
+    """End to end once; every optimizer rule's message: test_settings.py."""
+    res = train(tmp_path, char_data, "--optimizer=sgd", check=False)
+    assert res.returncode == 2 and res.stderr == "error: unknown optimizer 'sgd': use adamw or muon\n"
 
 
 def test_fsdp_with_muon_is_refused_in_one_line(tmp_path, char_data):

@@ -61,7 +61,7 @@ def test_the_readme_quickstart_from_a_fresh_clone(tmp_path):
 
 
 def test_time_left_and_a_warning_for_a_run_too_long_for_a_cpu(tmp_path, char_data):
-    from test_adversarial import start
+    from conftest import start
     proc = start(tmp_path, char_data, tmp_path / "out", "--max_iters=10000000", "--eval_interval=100000000")
     seen = []
     for line in proc.stdout:
@@ -76,7 +76,7 @@ def test_time_left_and_a_warning_for_a_run_too_long_for_a_cpu(tmp_path, char_dat
 
 
 def test_interactive_sampling_answers_once_per_prompt(tmp_path, char_data):
-    from test_reliability import char_checkpoint
+    from conftest import char_checkpoint
     char_checkpoint(str(tmp_path / "out"), char_data[2])
     result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={tmp_path / 'out'}",
                              "--device=cpu", "--interactive=True"], input="Speak\nAll:\n", capture_output=True,
