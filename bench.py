@@ -132,13 +132,8 @@ def bench_generate(cfg, device, dtype):
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def main(argv):
-    cfg = load_config(DEFAULTS, argv)
-    check(cfg)
-    device = resolve_device(cfg["device"])
-    dtype = resolve_dtype(cfg["dtype"], device)
-    if cfg["mode"] == "generate":
-        return bench_generate(cfg, device, dtype)
+def bench_train(cfg, device, dtype):
+    """Time training steps: forward, backward and the optimizer on one batch size."""
     torch.manual_seed(cfg["seed"])
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -195,6 +190,14 @@ def main(argv):
     mfu = model.estimate_mfu(B, dt, device_peak_flops(device))
     mfu_text = "n/a (unknown device peak)" if mfu is None else f"{mfu * 100:.2f}%"
     print(f"loss {lossf:.4f}; {dt * 1000:.2f} ms/iter, {B * T / dt:,.0f} tokens/s, mfu {mfu_text}")
+
+
+def main(argv):
+    cfg = load_config(DEFAULTS, argv)
+    check(cfg)
+    device = resolve_device(cfg["device"])
+    dtype = resolve_dtype(cfg["dtype"], device)
+    return (bench_generate if cfg["mode"] == "generate" else bench_train)(cfg, device, dtype)
 
 
 if __name__ == "__main__":

@@ -100,13 +100,7 @@ def find_resume_checkpoint(out_dir, log):
 
 def strip_wrapper_prefixes(state_dict):
     """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes older checkpoints carry."""
-    out = {}
-    for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
+    return {re.sub(r"^(_orig_mod\.|module\.)+", "", key): value for key, value in state_dict.items()}
 
 
 def load_checkpoint(path):

@@ -131,7 +131,7 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
            generator=None, use_cache=True, step=decode, logits_out=None):
     """Yield the next ids (B, 1) one at a time; step runs the decode steps, logits_out gets their logits."""
     L, seq = model.config.block_size, idx
-    greedy, cache = temperature == 0 or top_k == 1, None
+    greedy, cache, pick = temperature == 0 or top_k == 1, None, None
     for _ in range(max_new_tokens):
         T, greedy_pick = seq.size(1), None
         if not use_cache or T > L:  # the reference: the last L tokens from position 0

@@ -3,11 +3,9 @@ memory, and NCCL DDP. Skipped where torch sees no GPU (CI); `.ci/gpu` runs them 
 (`python -m pytest -m cuda tests`)."""
 import json
 import os
-import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import REPO, TINY, load, run_script, write_char_data
 from model import GPT, GPTConfig

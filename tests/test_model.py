@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import model as model_module
 from model import GPT, GPTConfig
-from runtime import device_peak_flops, estimate_memory
+from runtime import device_peak_flops
 
 VOCAB = 128
 

@@ -10,7 +10,7 @@ import torch
 from conftest import run_script, train
 from model import GPT, GPTConfig
 from runtime import estimate_memory
-from conftest import ITEMS, write_items
+from conftest import write_items
 
 
 def read_jsonl(path):

@@ -1,6 +1,5 @@
 """Nothing is lost: exact resume, SIGKILL at any moment, checkpoint policy, and one-line errors for
 bad input that leave every file on disk as it was."""
-import hashlib
 import multiprocessing
 import os
 import random
