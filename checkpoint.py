@@ -286,6 +286,7 @@ class Checkpoints:
         if not master:
             return
         model_args = {k: getattr(self.model.config, k) for k in MODEL_ARGS}
+        os.makedirs(self.cfg["out_dir"], exist_ok=True)
         for path in paths:
             self.log(f"saving checkpoint to {path}")
             save_checkpoint({"model": model_state, "optimizer": optim_state, "scaler": self.scaler.state_dict(),
@@ -297,7 +298,8 @@ class Checkpoints:
 
     def stop(self, iter_num, signum):
         """Save where the loop stands (ckpt.pt, or a snapshot without always_save_checkpoint); 128 + signum."""
-        name, path = signal.Signals(signum).name, self.path if self.cfg["always_save_checkpoint"] else snapshot_path(self.cfg["out_dir"], iter_num)
+        name = signal.Signals(signum).name
+        path = self.path if self.cfg["always_save_checkpoint"] else snapshot_path(self.cfg["out_dir"], iter_num)
         if iter_num == self.start_iter:
             self.log(f"stopped by {name} before the first step: there is nothing new to save")
         else:

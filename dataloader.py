@@ -23,7 +23,8 @@ class Batches:
         sizes = [os.path.getsize(p) for p in self.paths]
         for path, size in zip(self.paths, sizes):
             if size % 2:
-                raise UserError(f"{path} has an odd number of bytes, so it is not a uint16 token file; prepare it again")
+                raise UserError(f"{path} has an odd number of bytes, so it is not a uint16 token file; "
+                                "prepare it again")
         self.bounds = np.cumsum([0] + [size // 2 for size in sizes])  # file i holds tokens bounds[i]:bounds[i+1]
         self.n_tokens = int(self.bounds[-1])
         if self.n_tokens <= block_size:

@@ -101,7 +101,8 @@ def load_gpt2(name_or_path):
             raise ValueError(f"{name_or_path}: checkpoint has no weight for '{key}'")
         out[key] = state[key].t() if key.endswith(CONV1D) else state[key]
         if out[key].shape != target.shape:
-            raise ValueError(f"{name_or_path}: '{key}' has shape {tuple(out[key].shape)}, expected {tuple(target.shape)}")
+            raise ValueError(f"{name_or_path}: '{key}' has shape {tuple(out[key].shape)}, "
+                             f"expected {tuple(target.shape)}")
     return shape, out
 
 

@@ -101,7 +101,8 @@ def plot_runs(runs, output, smooth=10, title=""):
             ax.set_ylim(low - margin, high + margin)
         if max(peaks) > high + margin:
             loss_label = f"loss (axis cut at {high + margin:.2f}, peak {max(peaks):.2f})"
-    ax_iter.set(xlabel="step", ylabel=loss_label, title=title or f"run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}")
+    title = title or f"run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}"
+    ax_iter.set(xlabel="step", ylabel=loss_label, title=title)
     ax_tok.set(xlabel="tokens seen", ylabel=loss_label)
     ax_tok.xaxis.set_major_formatter(EngFormatter())  # 50k, 1M, ...
     ax_lr.set(xlabel="step", ylabel="learning rate")

@@ -166,7 +166,8 @@ def distributed_env():
         return None
     rank, local_rank = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))
     # init_process_group reads these; under srun we set them: the first node of the job hosts rank 0
-    env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))))
+    nodes = env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))
+    env.setdefault("MASTER_ADDR", first_slurm_host(nodes))
     env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
     env.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(tasks))
     return rank, local_rank, tasks

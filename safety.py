@@ -3,6 +3,7 @@ per out_dir, and stopping cleanly when asked to (Ctrl-C, a scheduler's SIGTERM, 
 
 No torch here: the data scripts write their datasets with atomic_write too.
 """
+import atexit
 import datetime
 import errno
 import os
@@ -80,9 +81,10 @@ class RunLock:
         self.folder, self.path, self.fd, self.made_folder = folder, os.path.join(folder, self.NAME), None, False
 
     def acquire(self):
-        """Take the lock, creating out_dir if needed; returns None, or why the run can't start here."""
+        """Take the lock (released at exit), creating out_dir if needed; None, or why the run can't start."""
         if fcntl is None:
             return None
+        atexit.register(self.release)  # however the run ends, short of kill -9 (then the OS drops the lock)
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             return f"out_dir '{self.folder}' is a file, not a folder; choose another --out_dir"
         try:

@@ -7,7 +7,6 @@ Config files and --key=value overrides set the values in DEFAULTS below (see con
 The story, top to bottom: settings, devices, data, model, optimizer, then the loop, which
 evaluates every eval_interval steps and always at the last one, saving ckpt.pt in out_dir.
 """
-import atexit
 import math
 import os
 import sys
@@ -123,7 +122,8 @@ def check_settings(cfg, world_size, dtype):
         try:
             import wandb  # noqa: F401  (imported here, before any work, only to say if it is missing)
         except ImportError:
-            raise UserError("wandb_log=True needs the wandb package: pip install wandb (or pass --wandb_log=False)") from None
+            raise UserError("wandb_log=True needs the wandb package: pip install wandb "
+                            "(or pass --wandb_log=False)") from None
     # Each optimizer step sums gradient_accumulation_steps micro-batches, split among the processes.
     if cfg["gradient_accumulation_steps"] < 1 or cfg["gradient_accumulation_steps"] % world_size:
         raise UserError(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be a positive "
@@ -177,8 +177,6 @@ def main(argv):
     # files. If this run ends before writing anything, out_dir is left as it found it.
     lock = RunLock(cfg["out_dir"]) if master and not cfg["eval_only"] else None
     problem = agree(lock.acquire() if lock else None, world_size)
-    if lock:
-        atexit.register(lock.release)
     if problem:
         raise UserError(problem)
     existing = checkpoint_files(cfg["out_dir"])
@@ -244,7 +242,8 @@ def main(argv):
         if (iter_num % cfg["eval_interval"] == 0 and not just_resumed) or last_step:
             if iter_num == run.start_iter and cfg["eval_iters"] * cfg["batch_size"] * cfg["block_size"] > 1e6:
                 log(f"evaluating the loss on {cfg['eval_iters']} batches per split (a while on a CPU)")
-            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size, stop_signal)
+            losses = estimate_loss(raw_model, splits, cfg["eval_iters"], cfg["seed"], ctx, rank, world_size,
+                                   stop_signal)
             if losses is None:  # a signal came during the evaluation
                 return run.stop(iter_num, stop_signal())
             check_finite(losses, iter_num, run.path)
