@@ -118,7 +118,8 @@ class GPT(nn.Module):
             x = block(x, kv, mask)
         x = self.transformer.ln_f(x)
         if targets is None:  # inference needs only the next token's logits (a cache holds the head transposed)
-            return (self.lm_head(x[:, [-1]]) if cache is None else x[:, [-1]] @ cache.head), None
+            x = x[:, -1:]  # a slice, not x[:, [-1]]: no index tensor to copy to the GPU inside a CUDA graph
+            return (self.lm_head(x) if cache is None else x @ cache.head), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
