@@ -1,7 +1,5 @@
-"""Where the scripts run: device, precision, torch.compile, torchrun's process group, and what the GPU can do.
-
-Shared by train.py, sample.py and bench.py so that `--device`, `--dtype` and `--compile` mean the
-same thing everywhere and a setting the machine can't honour is a clear error, not a traceback.
+"""Where the scripts run: device, precision, torch.compile, torchrun's process group, what the GPU can do.
+`--device`, `--dtype` and `--compile` mean the same in every script; what the machine can't do is one line.
 """
 import gc
 import os
@@ -76,8 +74,7 @@ def compile_problem(device):
 
 
 def compile_probe(device):
-    """Compile and run a tiny function, so a broken toolchain (no usable C++ compiler, a GPU too old
-    for Triton, an unsupported Python) shows up here, as a reason, rather than mid-training."""
+    """Compile and run a tiny function: a broken toolchain shows up here, as a reason, not mid-training."""
     try:
         torch.compile(lambda t: torch.sin(t) * 2 + 1)(torch.ones(8, device=device))
     except Exception as e:
@@ -86,10 +83,8 @@ def compile_probe(device):
 
 
 def maybe_compile(model, enabled, device, log=print, blocks=False):
-    """Compile the model in place (its state_dict keeps plain names) when enabled and possible here;
-    otherwise leave it eager with a one-line note. Returns whether it was compiled. blocks: compile
-    each transformer block on its own instead (before FSDP2 shards them: its hooks run between blocks,
-    and inside one whole-model graph they would break it at every block)."""
+    """Compile the model in place (its state_dict keeps plain names) when enabled and possible here, else
+    leave it eager with a one-line note; whether it was compiled. blocks: each block on its own instead."""
     if not enabled:
         return False
     problem = compile_problem(device) or compile_probe(device)
@@ -136,11 +131,10 @@ def device_peak_flops(device):
 
 
 def estimate_memory(model, batch_size, block_size, dtype="float32"):
-    """Rough bytes of training memory per process: fp32 weights and gradients, AdamW's two fp32 moments,
-    and the activations kept for backward over one micro-batch. Per block and token that is ~16 values of
-    width n_embd (Korthikanti et al. 2022, less the dropout masks and the attention matrix, which fused
-    attention never stores); under 16-bit autocast some of them stay fp32. The fp32 log-probabilities
-    come on top, one per token and vocabulary entry, and autocast's 16-bit copies of the weights."""
+    """Rough bytes of training memory per process: fp32 weights, gradients and AdamW's two moments, and the
+    activations kept for backward over one micro-batch: ~16 values of width n_embd per block and token
+    (Korthikanti et al. 2022, less what fused attention never stores), fp32 log-probabilities per token
+    and vocabulary entry, and autocast's 16-bit copies of the weights."""
     n = sum(p.numel() for p in model.parameters())
     half = dtype in ("bfloat16", "float16")
     c, tokens = model.config, batch_size * block_size
@@ -210,11 +204,9 @@ def agree(value, world_size, device="cpu", any_rank=False):
 
 
 def teardown_distributed():
-    """Leave the process group, if any, once every process is done; call it after main() returned.
-    The barrier lets a process that finished first wait (say while rank 0 writes a checkpoint). DDP
-    and FSDP models keep a reference to the group: collecting them now lets the group and its gloo
-    threads shut down while Python is alive, not race the peers' exit (an intermittent SIGABRT,
-    "terminate called without an active exception")."""
+    """Leave the process group once every process is done (after main() returned, its models gone):
+    collecting DDP's and FSDP's references to the group now lets its gloo threads end while Python
+    is alive, not race the peers' exit (an intermittent SIGABRT)."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -233,9 +225,8 @@ def shard_model(model, dtype):
 
 
 def gather_full(obj, keep=True):
-    """A (nested) state dict with every sharded DTensor gathered whole, on the CPU: an ordinary checkpoint
-    anyone can load. Collective under FSDP: every process must call it, one tensor at a time; only a
-    process with keep (rank 0, which saves) holds the copies, the others drop each one at once."""
+    """A (nested) state dict with every sharded DTensor gathered whole on the CPU, one tensor at a time:
+    collective, so every process calls it; only one with keep (rank 0, which saves) holds the copies."""
     from torch.distributed.tensor import DTensor
     if isinstance(obj, DTensor):
         full = obj.full_tensor()

@@ -1,7 +1,5 @@
-"""What guards a user's files over a run's life: files written whole or not at all, one training run
-per out_dir, and stopping cleanly when asked to (Ctrl-C, a scheduler's SIGTERM, SLURM's SIGUSR1).
-
-No torch here: the data scripts write their datasets with atomic_write too.
+"""What keeps a user's work safe: files written whole or not at all, one training run per out_dir, and
+stopping cleanly when asked to (Ctrl-C, SIGTERM, SLURM's SIGUSR1). No torch: the data scripts use it too.
 """
 import atexit
 import datetime
@@ -127,9 +125,8 @@ class RunLock:
 
 class StopSignals:
     """SIGTERM (scancel, preemption, Kubernetes), SIGUSR1 (SLURM's --signal) and a first Ctrl-C only set
-    `signum`; the training loop checks it between steps (and evaluation batches), saves and stops. A second Ctrl-C
-    raises KeyboardInterrupt at once. Further SIGTERMs are ignored: torchrun forwards one to its
-    workers after a Ctrl-C, and the save that is under way must finish."""
+    `signum`, which the loop checks between steps (and evaluation batches), then saves and stops. A second
+    Ctrl-C raises KeyboardInterrupt at once; further SIGTERMs (torchrun forwards one after a Ctrl-C) wait."""
 
     def __init__(self, announce=True):
         self.signum, self.announce = None, announce
@@ -146,7 +143,3 @@ class StopSignals:
         if self.announce:  # os.write: print() may be mid-call in the interrupted code, and is not reentrant
             os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint, then stopping "
                         "(Ctrl-C again stops at once, without saving)\n".encode())
-
-    @staticmethod
-    def name(signum):
-        return signal.Signals(signum).name
