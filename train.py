@@ -289,7 +289,8 @@ def main(argv):
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             lossf = loss_sum.item()
             check_finite({"train": lossf}, iter_num, run.path)
-            dt, t_log, iters_since_log = (time.time() - t_log) / iters_since_log, time.time(), 0
+            now = time.time()
+            dt, t_log, iters_since_log = (now - t_log) / iters_since_log, now, 0
             metrics.step(iter_num, lossf, lr, dt, grad_norm.item(), cfg["batch_size"] * accum)
 
 
