@@ -1,19 +1,11 @@
-"""Measure training speed (forward, backward and optimizer step on a fixed model and batch), or
-generation speed with --mode=generate (the KV cache's decode steps against the full recompute).
+"""Time training steps (forward, backward, optimizer) on a fixed model and batch: ms/iter, tokens/s, MFU.
+With --mode=generate, time generation instead: each decoding variant runs once untimed (its first call:
+compiling, capturing), then `steps` times in turn, and is compared with the first by tokens and logits.
 
     python bench.py                                    # GPT-2 124M, 12 x 1024 tokens, OpenWebText
     python bench.py --real_data=False --device=cpu --n_layer=4 --n_embd=128 --block_size=64 --compile=False
-    python bench.py --profile=True                     # also write a torch profiler trace
     python bench.py --mode=generate --device=cpu --n_layer=6 --n_head=6 --n_embd=384 --block_size=1024
-    python bench.py --mode=generate --device=cpu --reference=False --transformers=True --new_tokens=200 --steps=5
-    python bench.py --mode=generate --device=cuda --num_samples=64          # eager vs CUDA-graph decoding, batch 64
-
-Runs `burnin` untimed steps (compilation, allocator warm-up), then times `steps` steps with the
-device synchronised before each clock read, and prints ms/iter, tokens/s and MFU. Generate mode
-(random weights, greedy) runs each variant once untimed (its first-call time: compiling, capturing),
-then `steps` times in turn, so that other load on the machine hits all alike, and prints per variant
-ms/token, tokens/s and its agreement with the first: identical tokens, and the largest logit gap
-while the contexts were the same.
+    python bench.py --mode=generate --device=cuda --num_samples=64          # eager vs CUDA-graph decoding
 """
 import os
 import sys
@@ -63,84 +55,95 @@ def sync(device):
         torch.mps.synchronize()
 
 
-def transformers_twin(model, device):
-    """Hugging Face transformers' GPT2LMHeadModel holding our model's weights, through our own export."""
+def profile(step, n, device):
+    """Run step n times under the torch profiler: print the busiest ops, write a trace into ./bench_log."""
+    from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities, on_trace_ready=tensorboard_trace_handler("./bench_log")) as prof:
+        for _ in range(n):
+            step()
+            prof.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print("trace written to ./bench_log")
+
+
+def transformers_generate(model, idx, n):
+    """Hugging Face transformers' greedy generate (its own KV cache) on our model's weights, via our export."""
     import tempfile
     import transformers
     import hf
     transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as folder:
         hf.export(model, folder)
-        return transformers.GPT2LMHeadModel.from_pretrained(folder).to(device).eval()
+        twin = transformers.GPT2LMHeadModel.from_pretrained(folder).to(idx.device).eval()
+    return lambda logits: twin.generate(idx, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                        attention_mask=torch.ones_like(idx), pad_token_id=0)
 
 
 def bench_generate(cfg, device, dtype):
     """Time greedy generation by each variant in turn; compare each with the first by tokens and logits."""
-    torch.manual_seed(cfg["seed"])
-    model = GPT(GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                          n_embd=cfg["n_embd"], bias=cfg["bias"], vocab_size=50304)).to(device, DTYPES[dtype]).eval()
+    model = new_model(cfg).to(device, DTYPES[dtype]).eval()
     idx = torch.randint(50257, (cfg["num_samples"], cfg["prompt_tokens"]), device=device)
-    n, variants = cfg["new_tokens"], {"cached": dict(step=engine.decode)}
-    if cfg["reference"]:
-        variants = {"reference": dict(use_cache=False), **variants}
+    n, options = cfg["new_tokens"], {"reference": dict(use_cache=False), "cached": dict(step=engine.decode)}
+    if not cfg["reference"]:
+        del options["reference"]
     if cfg["cuda_graph"] and device.startswith("cuda"):
-        variants["cuda graph"] = dict(step=engine.CUDAGraphDecode())
+        options["cuda graph"] = dict(step=engine.CUDAGraphDecode())
     if cfg["compile"]:
-        variants["compiled"] = dict(step=engine.compile_decode())
+        options["compiled"] = dict(step=engine.compile_decode())
+    variants = {name: lambda logits, o=o: model.generate(idx, n, temperature=0, logits_out=logits, **o)
+                for name, o in options.items()}
     if cfg["transformers"]:
-        hf_model = transformers_twin(model, device)
-        variants["transformers"] = None  # its own greedy decoding with its KV cache
+        variants["transformers"] = transformers_generate(model, idx, n)
     print(f"{model.get_num_params() / 1e6:.1f}M parameters, {device}, {dtype}, {torch.get_num_threads()} threads, "
           f"prompt {cfg['prompt_tokens']}, {n} new tokens, batch {cfg['num_samples']}, greedy")
 
-    def run(options):
+    def run(variant):
         logits = []
         sync(device)
         t0 = time.time()
-        if options is None:
-            out = hf_model.generate(idx, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
-                                    attention_mask=torch.ones_like(idx), pad_token_id=0)
-        else:
-            out = model.generate(idx, n, temperature=0, logits_out=logits, **options)
+        out = variant(logits)
         sync(device)
         return out, logits, time.time() - t0
 
-    first = {name: run(options)[2] for name, options in variants.items()}  # compiling, capturing, warm-up
-    times, same, gaps = {k: [] for k in variants}, {k: [] for k in variants}, {k: [] for k in variants}
+    first = {name: run(variant)[2] for name, variant in variants.items()}  # compiling, capturing, warm-up
+    base, results = next(iter(variants)), {name: [] for name in variants}  # (seconds, same tokens, logit gaps)
     for i in range(cfg["steps"]):
-        runs = {name: run(options) for name, options in variants.items()}
-        ref_out, ref_logits, _ = next(iter(runs.values()))
+        runs = {name: run(variant) for name, variant in variants.items()}
+        ref_out, ref_logits, _ = runs[base]
         for name, (out, logits, dt) in runs.items():
-            times[name].append(dt)
-            same[name].append(torch.equal(out, ref_out))
-            differ = (out != ref_out).any(0).nonzero()  # the first step whose contexts differ is not compared
+            differ = (out != ref_out).any(0).nonzero()  # from the first differing token on, contexts differ
             steps = int(differ[0]) - idx.size(1) + 1 if len(differ) else n
-            gaps[name] += [(a.float() - b.float()).abs().max().item() for a, b in zip(logits[:steps], ref_logits)]
+            gaps = [(a.float() - b.float()).abs().max().item() for a, b in zip(logits[:steps], ref_logits)]
+            results[name].append((dt, torch.equal(out, ref_out), gaps))
         print(f"run {i + 1}: " + ", ".join(f"{name} {r[2]:.2f} s" for name, r in runs.items()), flush=True)
-    base = next(iter(variants))
-    for name in variants:
-        dt = sum(times[name]) / len(times[name])
-        gap = f", largest logit gap {max(gaps[name]):.3g}" if gaps[name] and name != base else ""
-        print(f"{name}: {dt / n * 1000:.2f} ms/token, {n * cfg['num_samples'] / dt:,.1f} tokens/s, first call "
-              f"{first[name]:.2f} s, {sum(times[base]) / sum(times[name]):.2f}x {base}'s speed; identical tokens "
-              f"in {sum(same[name])} of {len(same[name])} runs{gap}")
+    base_time = sum(r[0] for r in results[base])
+    for name, rows in results.items():
+        total, gaps = sum(r[0] for r in rows), [g for r in rows for g in r[2]]
+        gap = f", largest logit gap {max(gaps):.3g}" if gaps and name != base else ""
+        print(f"{name}: {total / len(rows) / n * 1000:.2f} ms/token, {n * cfg['num_samples'] * len(rows) / total:,.1f} "
+              f"tokens/s, first call {first[name]:.2f} s, {base_time / total:.2f}x {base}'s speed; identical tokens "
+              f"in {sum(r[1] for r in rows)} of {len(rows)} runs{gap}")
     if cfg["profile"]:
-        from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run(variants["cached"])
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        profile(lambda: run(variants["cached"]), 1, device)
+
+
+def new_model(cfg):
+    """A GPT of the shape cfg sets, GPT-2's padded vocabulary, weights from cfg's seed."""
+    torch.manual_seed(cfg["seed"])
+    return GPT(GPTConfig(block_size=cfg["block_size"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                         n_embd=cfg["n_embd"], bias=cfg["bias"], dropout=cfg["dropout"], vocab_size=50304))
 
 
 def bench_train(cfg, device, dtype):
     """Time training steps: forward, backward and the optimizer on one batch size."""
-    torch.manual_seed(cfg["seed"])
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     B, T = cfg["batch_size"], cfg["block_size"]
     if device == "cpu" and cfg["n_layer"] * cfg["n_embd"] ** 2 * T * B > 1e11:  # GPT-2 124M's defaults: ~5e12
         print("note: this model and batch take seconds a step on a CPU (and compiling them a minute or more); "
               "for a quick look: --n_layer=4 --n_head=4 --n_embd=128 --block_size=64 --compile=False")
+    model = new_model(cfg).to(device)
     if cfg["real_data"]:  # train.bin, or the train shards of a sharded dataset (fineweb_edu)
         try:
             paths = split_files(os.path.join(cfg["data_dir"], cfg["dataset"]), cfg["dataset"])["train"]
@@ -151,8 +154,6 @@ def bench_train(cfg, device, dtype):
     else:
         x = torch.randint(50257, (B, T), device=device)
         get_batch = lambda: (x, x)  # noqa: E731
-    model = GPT(GPTConfig(block_size=T, n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-                          bias=cfg["bias"], dropout=cfg["dropout"], vocab_size=50304)).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), torch.device(device).type)
     maybe_compile(model, cfg["compile"], device)
     ctx = autocast(device, dtype)
@@ -171,21 +172,12 @@ def bench_train(cfg, device, dtype):
     for _ in range(cfg["burnin"]):
         step()
     if cfg["profile"]:
-        from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-        with profile(activities=activities, on_trace_ready=tensorboard_trace_handler("./bench_log"),
-                     record_shapes=True) as prof:
-            for _ in range(min(5, cfg["steps"])):
-                step()
-                prof.step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-        print("trace written to ./bench_log")
+        profile(step, min(5, cfg["steps"]), device)
     sync(device)
     t0 = time.time()
     for _ in range(cfg["steps"]):
         loss = step()
-    lossf = loss.item()
-    sync(device)
+    lossf = loss.item()  # waits for the device
     dt = (time.time() - t0) / cfg["steps"]
     mfu = model.estimate_mfu(B, dt, device_peak_flops(device))
     mfu_text = "n/a (unknown device peak)" if mfu is None else f"{mfu * 100:.2f}%"

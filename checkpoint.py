@@ -1,10 +1,6 @@
-"""Checkpoints: writing them safely, reading ours and nanoGPT's, the model a script starts from, and the
-run's checkpoints while it trains (what to save when, and what a stop saves).
-
-A checkpoint is a dict with nanoGPT's keys -- model, optimizer, model_args, iter_num,
-best_val_loss, config -- plus our own (scaler, vocab, rng, evaluated). Everything is loaded with
-torch.load(weights_only=True): a checkpoint can hold tensors and plain values, never code.
-"""
+"""Checkpoints: written whole, read (ours and nanoGPT's), the model a script starts from, and a training run's
+saves. A checkpoint is a dict with nanoGPT's keys (model, optimizer, model_args, iter_num, best_val_loss, config)
+and ours (scaler, vocab, rng, evaluated), loaded with weights_only=True: tensors and plain values, never code."""
 import glob
 import os
 import random
@@ -26,8 +22,7 @@ MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size",
 
 
 def save_checkpoint(ckpt, path):
-    """Write ckpt whole or not at all (safety.atomic_write): a crash or a full disk mid-write leaves the
-    previous checkpoint as it was."""
+    """Write ckpt whole or not at all: a crash or a full disk mid-write leaves the previous file as it was."""
     size = sum(t.nbytes for t in _tensors(ckpt))
     atomic_write(path, lambda f: torch.save(ckpt, f), size_hint=size)
 
@@ -75,8 +70,7 @@ def prune_snapshots(out_dir, keep, protected, log):
 
 
 def find_resume_checkpoint(out_dir, log):
-    """The path of the checkpoint in out_dir with the highest iteration that reads back whole.
-    Unreadable files are reported and skipped, never touched; if none is readable, that is an error."""
+    """The checkpoint in out_dir of the highest iteration that reads back whole (the others are left alone)."""
     paths = checkpoint_files(out_dir)
     if not paths:
         load_checkpoint(os.path.join(out_dir, "ckpt.pt"))  # raises the "no checkpoint" error
@@ -150,8 +144,7 @@ def model_from_checkpoint(ckpt, dropout=None, path="the checkpoint"):
 
 
 def restore_optimizer(optimizer, ckpt, path, log, shard=None):
-    """Load the optimizer state a checkpoint holds (cut to this process's shards by shard(state, optimizer)
-    under FSDP). One without any (weights shared alone) starts the moments afresh, with a note."""
+    """Load a checkpoint's optimizer state (cut to this process's shards by shard() under FSDP), if it has one."""
     if not ckpt.get("optimizer"):
         log(f"note: {path} holds no optimizer state; the optimizer's moments start afresh")
         return
@@ -190,8 +183,7 @@ def set_rng_state(state):
 # ----------------------------------------------------------------------------- train.py's model
 
 def adopt_model_shape(cfg, given, config, source):
-    """A loaded model (resumed, or GPT-2's) keeps its shape: a shape the user set that differs is an error;
-    the keys the user left alone take the model's values, so the config saved with it tells the truth."""
+    """A loaded model keeps its shape: a different one the user set is an error, the rest is copied into cfg."""
     for key in ("n_layer", "n_head", "n_embd", "bias", "block_size"):
         ours = getattr(config, key)
         if key in given and cfg[key] != ours and not (key == "block_size" and cfg[key] < ours):
@@ -202,8 +194,8 @@ def adopt_model_shape(cfg, given, config, source):
 
 
 def load_model(init_from, out_dir, log=print, training=False, dropout=None):
-    """(model, checkpoint or None) for init_from: 'resume' (out_dir's ckpt.pt; when training, its newest
-    checkpoint that reads back whole), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder."""
+    """(model, checkpoint or None) for init_from: 'resume' (out_dir's ckpt.pt; when training, its newest whole
+    checkpoint), 'gpt2'..'gpt2-xl', or a Hugging Face GPT-2 folder."""
     if init_from == "resume":
         path = find_resume_checkpoint(out_dir, log) if training else os.path.join(out_dir, "ckpt.pt")
         ckpt = load_checkpoint(path)
@@ -223,8 +215,7 @@ def load_model(init_from, out_dir, log=print, training=False, dropout=None):
 
 
 def load_model_and_tokenizer(cfg):
-    """(model, Tokenizer) for sample.py and eval.py: a checkpoint decodes with its own vocabulary (nanoGPT's
-    with its dataset's meta.pkl), everything else with GPT-2's BPE."""
+    """(model, Tokenizer): a checkpoint's own vocabulary (nanoGPT's: its dataset's meta.pkl), else GPT-2's BPE."""
     model, ckpt = load_model(cfg["init_from"], cfg["out_dir"])
     vocab = ckpt.get("vocab") if ckpt else None
     if ckpt and vocab is None and "dataset" in ckpt.get("config", {}):  # a nanoGPT checkpoint: look by the data
@@ -233,9 +224,8 @@ def load_model_and_tokenizer(cfg):
 
 
 class Checkpoints:
-    """The checkpoints of one training run in out_dir: ckpt.pt at evaluations, best.pt, snapshots, and the
-    save a stop asks for. Every process calls save() and stop() at the same steps: gathering the random
-    states (and FSDP's shards) is collective. best_val_loss is the best evaluation so far."""
+    """A training run's saves in out_dir: ckpt.pt at evaluations, best.pt, snapshots, and a stop's. Every process
+    calls save() and stop() at the same steps: gathering random states (and FSDP's shards) is collective."""
 
     def __init__(self, cfg, model, optimizer, scaler, vocab, ckpt, rank, world_size, log):
         self.cfg, self.model, self.optimizer, self.scaler, self.vocab = cfg, model, optimizer, scaler, vocab
@@ -258,8 +248,7 @@ class Checkpoints:
         self.have_ckpt = agree(os.path.exists(self.path), world_size)  # the same decisions everywhere: rank 0's disk
 
     def due(self, iter_num, last_step, val_loss=None):
-        """Where to save at this step: after an evaluation, ckpt.pt (unless it did not improve and
-        always_save_checkpoint is off) and best.pt (keep_best); a snapshot when one is due."""
+        """The paths to save at this step: ckpt.pt and best.pt after an evaluation, a snapshot when one is due."""
         cfg, paths = self.cfg, []
         if val_loss is not None:
             improved = val_loss < self.best_val_loss
@@ -274,8 +263,7 @@ class Checkpoints:
         return paths if (iter_num > 0 or last_step) and not cfg["eval_only"] else []
 
     def save(self, paths, iter_num, evaluated=True):
-        """Write the run's whole state to each path. Rank 0 gathers every process's random states, so a
-        resumed run redraws exactly the dropout noise it would have drawn."""
+        """Write the run's whole state, every process's random states included, to each path (rank 0 writes)."""
         states = [rng_state() for _ in range(self.world_size)]
         if self.world_size > 1:
             dist.all_gather_object(states, rng_state())

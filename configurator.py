@@ -1,13 +1,6 @@
-"""Configuration from plain-Python config files and --key=value overrides.
-
-    cfg = load_config(DEFAULTS, sys.argv[1:])
-
-Each script keeps its defaults in one dict. Positional arguments are config files (plain Python
-assignments) and `--key=value` arguments set single keys, applied in the order given. Every key must
-already exist in the defaults and keep its type (an int may stand where a float is expected), so a
-typo is an error naming the key and its closest valid spellings, never a silently ignored setting.
-`check(cfg)` then holds every value to the rule its name has in RULES, the same in every script.
-"""
+"""Settings: a script's DEFAULTS dict, updated in order by config files (plain Python assignments) and
+--key=value arguments: `cfg = load_config(DEFAULTS, sys.argv[1:])`. A key must exist and keep its type (an int
+may stand for a float): a typo is an error naming the closest keys. check(cfg) holds values to RULES."""
 import ast
 import difflib
 import math
@@ -61,8 +54,8 @@ def read_config_file(path):
 
 
 def load_config(defaults, argv, optional=(), given=None):
-    """Return a new dict: the defaults updated by each config file and --key=value, left to right.
-    Keys in `optional` may also be None; the keys the user set are added to the set `given`, if any."""
+    """The defaults updated by each config file and --key=value, left to right; keys in `optional` may be None.
+    The keys the user set are added to `given`."""
     cfg = dict(defaults)
     given = set() if given is None else given
     for arg in argv:
@@ -109,8 +102,7 @@ RULES = {
 
 
 def check(cfg, **overrides):
-    """Raise a one-line UserError for the first setting in cfg that breaks its rule in RULES (overrides: a
-    script's own rule for a key, e.g. block_size="count" where 0 means the model's)."""
+    """A UserError for the first setting that breaks its rule in RULES (or a script's own rule in overrides)."""
     rules = {**RULES, **overrides}
     for key, value in cfg.items():
         rule = rules.get(key)

@@ -11,10 +11,8 @@ from errors import UserError
 
 
 class Batches:
-    """(x, y) windows of uint16 token files, y being x shifted by one token. paths is one file
-    (train.bin) or a split's shards in order, read as one stream: a window that crosses from one shard
-    into the next takes tokens from both. Only the file sizes are kept; the files are memory-mapped
-    afresh for every batch, so this process's memory stays flat however large or many they are."""
+    """(x, y) windows of uint16 token files (y: x shifted by one), a split's files read as one stream. Each batch
+    memory-maps them afresh, so this process's memory stays flat however large or many they are."""
 
     def __init__(self, paths, batch_size, block_size, device):
         self.paths = [paths] if isinstance(paths, str) else list(paths)
@@ -54,10 +52,9 @@ class Batches:
 
 
 class EpochOrder:
-    """Where training window w of the run starts. Each epoch cuts the tokens into block_size windows
-    at a random offset and visits them all in a random order, so every token is trained on once per
-    epoch (independent random windows leave ~22% of the tokens unseen after 1.5 epochs). Window w
-    depends only on (seed, w): the same whatever the number of processes, and exact on resume."""
+    """Where training window w starts. Each epoch cuts the tokens into block_size windows at a random offset and
+    visits them all in random order (independent random windows leave ~22% unseen after 1.5 epochs). Window w
+    depends only on (seed, w): the same for any number of processes, and exact on resume."""
 
     def __init__(self, n_tokens, block_size, seed):
         self.block_size, self.seed = block_size, seed
@@ -78,8 +75,7 @@ class EpochOrder:
 
 
 def split_files(folder, dataset):
-    """{'train': paths, 'val': paths} of a prepared dataset folder: its train.bin and val.bin, or its
-    shards named *_train_*.bin and *_val_*.bin (as data/fineweb_edu/prepare.py writes), sorted by name."""
+    """{'train': paths, 'val': paths}: train.bin and val.bin, or the shards *_train_*.bin and *_val_*.bin."""
     single = {s: os.path.join(folder, f"{s}.bin") for s in ("train", "val")}
     shards = {s: sorted(glob.glob(os.path.join(glob.escape(folder), f"*_{s}_*.bin"))) for s in ("train", "val")}
     has_single, has_shards = all(map(os.path.isfile, single.values())), all(shards.values())
@@ -103,8 +99,7 @@ def split_files(folder, dataset):
 
 
 def prepare_if_local(folder, log):
-    """Prepare a dataset folder that has no data yet but has a prepare.py and the text it reads beside it
-    (data/shakespeare_char ships its input.txt): no download, so train.py does it, in one line."""
+    """Run a dataset folder's prepare.py if it has no data yet but has the input.txt it reads (no download)."""
     script, text = os.path.join(folder, "prepare.py"), os.path.join(folder, "input.txt")
     if glob.glob(os.path.join(glob.escape(folder), "*.bin")) or os.path.exists(os.path.join(folder, "meta.json")) \
             or not (os.path.isfile(script) and os.path.isfile(text)):

@@ -1,12 +1,9 @@
 """Generation: a static KV cache, one-token decode steps (replayed as a CUDA graph on GPUs), and sampling.
 
-The reference (use_cache=False) runs the context's last block_size tokens from position 0 for every new
-token. The cached path runs the prompt once (prefill), keeping each layer's keys and values in buffers of
-block_size positions, then one token per step (decode), attending to the cached keys up to its position
-through the SDPA call training uses: in float32 the logits agree to ~1e-6 (tests: same greedy tokens,
-within 1e-5). Past block_size every position shifts each token, so both run the reference. On CUDA the
-decode step (launch-bound at batch 1) is captured as a CUDA graph on fixed tensors (the cache, `cache.pos`,
-one id per row) and replayed; greedy argmax runs inside it, sampling after it."""
+The reference (use_cache=False) reruns the last block_size tokens for every new token. The cached path runs
+the prompt once (prefill) into per-layer buffers of block_size positions, then one token per step (decode)
+through the same SDPA call: in float32 the logits agree to ~1e-5. Past block_size both run the reference.
+A CUDA graph replays the decode step on fixed tensors (cache, `cache.pos`, one id per row)."""
 import time
 
 import torch
@@ -16,9 +13,8 @@ from errors import reason
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None, vocab_limit=None):
-    """Next ids (B, 1) from logits (B, V). temperature 0 or top_k=1 is greedy (argmax). top_k keeps the k
-    most likely ids; top_p the fewest most likely ids whose probability reaches top_p (at least one);
-    vocab_limit bans ids >= it (a padded vocabulary). Draws from generator, among the kept ids only."""
+    """Next ids (B, 1) from logits (B, V); temperature 0 or top_k=1 is greedy. top_k keeps the k most likely ids,
+    top_p the fewest whose probability reaches top_p; vocab_limit bans ids >= it (a padded vocabulary)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -76,8 +72,7 @@ def decode(model, ids, cache, vocab_limit=None):
 
 
 class CUDAGraphDecode:
-    """`step` (decode or compile_decode()) captured as a CUDA graph for each new cache, replayed after that.
-    The first step on a cache runs eagerly on a side stream (capture's warm-up), then is recorded."""
+    """`step` captured as a CUDA graph for each new cache (after one eager warm-up step), then replayed."""
 
     def __init__(self, step=decode, log=print):
         self.step, self.log, self.cache, self.graph, self.captures = step, log, None, None, 0

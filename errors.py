@@ -19,9 +19,8 @@ WORLD_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 
 
 def run_main(main):
-    """Return main(), turning a UserError (or a full disk, a denied write) into one `error: ...` line and
-    exit status 2, and Ctrl-C into one line and status 130. Under torchrun every process stops alike, so
-    only rank 0 prints."""
+    """main(), with a UserError (or a full disk, a denied write) as one `error: ...` line and exit status 2,
+    Ctrl-C as one line and 130. Under torchrun every process stops alike: only rank 0 prints."""
     def say(line):
         if os.environ.get("RANK", "0") == "0":
             print(line, file=sys.stderr)

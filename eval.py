@@ -1,4 +1,4 @@
-"""Evaluate a GPT: HellaSwag accuracy, the perplexity of a text file, or export to Hugging Face.
+"""Evaluate a GPT: HellaSwag accuracy or the perplexity of a text file; or export it to Hugging Face.
 
     python eval.py --task=hellaswag --init_from=gpt2               # downloads HellaSwag's validation file
     python eval.py --task=hellaswag --out_dir=out --limit=1000     # our checkpoint, first 1000 items
@@ -6,8 +6,7 @@
     python eval.py --task=perplexity --data_path=book.txt --stride=512
     python eval.py --task=export_hf --out_dir=out                  # writes out/hf for transformers
 
-The model comes from --init_from: 'resume' (ckpt.pt in out_dir), 'gpt2'..'gpt2-xl', or a local
-Hugging Face GPT-2 directory. train.py imports its val-loss estimate and HellaSwag from here.
+train.py imports its val-loss estimate and HellaSwag from here.
 """
 import json
 import math
@@ -51,25 +50,6 @@ HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/
 
 # ----------------------------------------------------------------------------- HellaSwag
 
-def hellaswag_file(data_path, data_dir, url=HELLASWAG_URL):
-    """data_path if given, else the validation file cached under data_dir/hellaswag (downloaded once)."""
-    if data_path:
-        if not os.path.isfile(data_path):
-            raise UserError(f"HellaSwag file '{data_path}' (from --data_path) not found")
-        return data_path
-    path = os.path.join(data_dir, "hellaswag", os.path.basename(url))
-    if not os.path.exists(path):
-        print(f"downloading {url} -> {path}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            urllib.request.urlretrieve(url, path + ".tmp")
-        except OSError as e:  # includes URLError: offline, blocked, server down
-            raise UserError(f"could not download HellaSwag from {url} ({e}); "
-                            "pass --data_path=FILE with a local copy of hellaswag_val.jsonl") from None
-        os.replace(path + ".tmp", path)  # never leave a half-written file where the cache is looked up
-    return path
-
-
 def read_hellaswag(path, limit=0):
     """Items {'ctx', 'endings', 'label'} from HellaSwag's jsonl format (ctx, or ctx_a + ctx_b)."""
     items = []
@@ -97,13 +77,22 @@ def read_hellaswag(path, limit=0):
 
 
 def load_hellaswag(data_path="", data_dir="data", limit=0, rank=0):
-    """The items to score. Under torchrun rank 0 downloads while the others wait for it."""
-    if rank == 0:
-        path = hellaswag_file(data_path, data_dir)
+    """The items to score: data_path's, or the validation file cached in data_dir/hellaswag, which rank 0
+    downloads once while the other processes wait."""
+    path = data_path or os.path.join(data_dir, "hellaswag", os.path.basename(HELLASWAG_URL))
+    if data_path and not os.path.isfile(data_path):
+        raise UserError(f"HellaSwag file '{data_path}' (from --data_path) not found")
+    if rank == 0 and not os.path.exists(path):
+        print(f"downloading {HELLASWAG_URL} -> {path}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            urllib.request.urlretrieve(HELLASWAG_URL, path + ".tmp")
+        except OSError as e:  # includes URLError: offline, blocked, server down
+            raise UserError(f"could not download HellaSwag from {HELLASWAG_URL} ({e}); "
+                            "pass --data_path=FILE with a local copy of hellaswag_val.jsonl") from None
+        os.replace(path + ".tmp", path)  # never leave a half-written file where the cache is looked up
     if dist.is_initialized():
         dist.barrier()
-    if rank != 0:
-        path = hellaswag_file(data_path, data_dir)
     return read_hellaswag(path, limit)
 
 
@@ -114,8 +103,7 @@ def check_gpt2_vocab(model):
 
 
 def item_sequences(enc, item, block_size):
-    """One (tokens, n_scored) per ending: context tokens then the ending's, where the last n_scored
-    tokens are the ending's. Too long a sequence loses tokens from the front of its context."""
+    """(tokens, n_scored) per ending: the context's tokens (cut from the front to fit) then the ending's n_scored."""
     ctx = enc.encode_ordinary(item["ctx"])
     out = []
     for ending in item["endings"]:
@@ -127,9 +115,8 @@ def item_sequences(enc, item, block_size):
 
 @torch.no_grad()
 def summed_losses(model, sequences, device, ctx=nullcontext()):
-    """For each (tokens, n_scored): the summed cross-entropy of its last n_scored tokens, each
-    predicted from everything before it. Sequences are right-padded into one batch; the causal
-    mask keeps padding from reaching any scored position."""
+    """For each (tokens, n_scored): the summed cross-entropy of its last n_scored tokens, in one right-padded
+    batch (the causal mask keeps padding from any scored position)."""
     T = max(len(tokens) for tokens, _ in sequences) - 1
     x = torch.zeros(len(sequences), T, dtype=torch.long)
     y = torch.full((len(sequences), T), -1, dtype=torch.long)
@@ -147,10 +134,9 @@ def summed_losses(model, sequences, device, ctx=nullcontext()):
 
 def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), rank=0, world_size=1,
                        progress=False):
-    """Completion-style HellaSwag: each ending is scored by the loss of its tokens given the context.
-    acc counts items whose lowest summed loss is the labelled ending, acc_norm lowest mean loss per
-    token. Rank r scores items r, r + world_size, ...; n, acc and acc_norm are totals over all ranks,
-    'losses' maps this rank's item indices to their per-ending summed losses and token counts."""
+    """Completion-style HellaSwag: acc counts items whose labelled ending has the lowest summed loss, acc_norm
+    the lowest loss per token. Rank r scores items r, r + world_size, ...; n, acc and acc_norm are over all
+    ranks, 'losses' maps this rank's items to their endings' summed losses and token counts."""
     enc = gpt2_encoding()
     check_gpt2_vocab(model)
     was_training = model.training
@@ -185,9 +171,8 @@ def evaluate_hellaswag(model, items, device, batch_size=8, ctx=nullcontext(), ra
 
 @torch.no_grad()
 def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1, stop=None):
-    """Mean loss over eval_iters batches per split, shared out among the processes. The batches are
-    the same at every evaluation, so successive val losses differ only because the model changed.
-    stop() is asked before each batch (every process asks it as often); if it is true, None."""
+    """Mean loss over the same eval_iters batches per split at every evaluation, shared among the processes;
+    None if stop() (asked before each batch, by every process alike) says so."""
     model.eval()
     out = {}
     for i, (name, batches) in enumerate(splits.items()):
@@ -213,9 +198,8 @@ def estimate_loss(model, splits, eval_iters, seed, ctx, rank=0, world_size=1, st
 # ----------------------------------------------------------------------------- perplexity
 
 def sliding_windows(n_tokens, window, stride):
-    """(begin, end, n_new) per window: the model reads tokens[begin:end], predicting tokens[begin+1:end+1],
-    and only the last n_new predictions count, those no earlier window made. Every token but the
-    first is predicted exactly once, with at least window - stride tokens of context after the first window."""
+    """(begin, end, n_new) per window: tokens[begin:end] predict tokens[begin+1:end+1], of which the last n_new
+    count. Every token but the first is predicted once, after the first window with window - stride of context."""
     if not 1 <= stride <= window:
         raise UserError(f"stride must be between 1 and the window length {window}, got {stride}")
     out, done, begin = [], 0, 0  # done: tokens[1..done] are predicted already
@@ -229,8 +213,7 @@ def sliding_windows(n_tokens, window, stride):
 @torch.no_grad()
 def evaluate_perplexity(model, ids, n_bytes, device, window, stride, batch_size=8, ctx=nullcontext(),
                         rank=0, world_size=1, progress=False):
-    """Loss (nats per token), perplexity and bits per byte of the token sequence ids, whose predicted
-    tokens (all but the first) decode to n_bytes bytes of text. Windows are shared among ranks."""
+    """Loss (nats/token), perplexity and bits per byte of ids, whose tokens but the first are n_bytes of text."""
     if len(ids) < 2:
         raise UserError("the text is too short: it needs at least two tokens")
     was_training = model.training

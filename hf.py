@@ -1,9 +1,6 @@
 """OpenAI's GPT-2 in Hugging Face's format: download it, read it into our names, and export ours to it.
-
-Hugging Face's GPT-2 stores its four projections as Conv1D layers, (in, out) matrices where our
-nn.Linear holds (out, in): CONV1D lists them, and they are transposed on the way in and out.
-torch is imported where it is used: the data scripts import hub_problem from here.
-"""
+Its four projections are Conv1D, (in, out) matrices where our nn.Linear holds (out, in): CONV1D lists them.
+torch is imported where it is used: the data scripts import hub_problem from here."""
 import json
 import os
 
@@ -19,8 +16,7 @@ SHAPE = {"block_size": "n_positions", "vocab_size": "vocab_size", "n_layer": "n_
 
 
 def hub_problem():
-    """Why the Hugging Face hub can't be reached from here, or None. One quick check: offline, the hub's
-    clients would retry for ~25 s before failing."""
+    """Why the Hugging Face hub can't be reached, or None: one quick check, where its clients retry for ~25 s."""
     import socket
     from huggingface_hub import constants
     if constants.HF_HUB_OFFLINE:
@@ -55,8 +51,7 @@ def download(name):
 
 
 def load_gpt2(name_or_path):
-    """(GPTConfig fields, state dict in our names and layout) of a Hugging Face GPT-2 checkpoint: a name in
-    NAMES or a folder with config.json and model.safetensors or pytorch_model.bin. ValueError if unusable."""
+    """(GPTConfig fields, state dict in our layout) of a name in NAMES or a Hugging Face GPT-2 folder."""
     import torch
     if os.path.isdir(name_or_path):
         folder = name_or_path
@@ -107,9 +102,8 @@ def load_gpt2(name_or_path):
 
 
 def export(model, folder, force=False):
-    """Write model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors) into folder, each
-    file whole or not at all. A folder that already holds anything is refused unless force. A model built
-    with bias=False gets zero biases, which GPT-2 always has; lm_head is left out (tied to wte, as ours)."""
+    """Write model into folder as a Hugging Face GPT-2 checkpoint, each file whole (a non-empty folder: only with
+    force). bias=False gets zero biases, which GPT-2 always has; lm_head is wte."""
     import torch
     from safetensors.torch import save
     if os.path.exists(folder) and not os.path.isdir(folder):

@@ -1,9 +1,7 @@
 """What a training run reports: its log lines, out_dir/log.jsonl (which plot.py reads), and wandb.
-
-One JSON object per line of log.jsonl: {"kind": "train", "iter", "loss", "lr", "tokens", "time_ms",
-"tok_per_s", "mfu", "grad_norm", "peak_mem"} per log line, {"kind": "eval", "iter", "train_loss",
-"val_loss", "lr", "tokens", "peak_mem", hellaswag_*} per evaluation.
-"""
+log.jsonl has one object per line: {"kind": "train", "iter", "loss", "lr", "tokens", "time_ms", "tok_per_s", "mfu",
+"grad_norm", "peak_mem"} per log line, {"kind": "eval", "iter", "train_loss", "val_loss", "lr", "tokens",
+"peak_mem", hellaswag_*} per evaluation."""
 import json
 import math
 import os
@@ -42,9 +40,8 @@ def read_jsonl(path):
 
 
 def start_jsonl(path, resume_iter=None):
-    """Check log.jsonl before a run appends to it. A new run never takes over another run's log. A resumed
-    run keeps the records its checkpoint had seen, evals up to resume_iter and steps before it (a crashed
-    run's later records would be repeated): the kept ones are written to a new file renamed over the old."""
+    """Before a run appends to log.jsonl: a new run never takes over another's log; a resumed one keeps only what
+    its checkpoint had seen (evals up to resume_iter, steps before it), rewritten whole."""
     if not os.path.exists(path):
         return
     if resume_iter is None:
@@ -57,8 +54,7 @@ def start_jsonl(path, resume_iter=None):
 
 
 class Metrics:
-    """Rank 0's reports: print the lines, append log.jsonl (not for eval_only), log to wandb (wandb_log).
-    Other ranks get one whose calls print and write nothing."""
+    """Rank 0 prints the lines, appends log.jsonl (not for eval_only) and logs to wandb; other ranks do nothing."""
 
     def __init__(self, cfg, model, device, tokens_per_iter, peak_flops, master, resume_iter=None):
         self.cfg, self.model, self.device, self.master = cfg, model, device, master
@@ -104,8 +100,7 @@ class Metrics:
                              "peak_mem": "peak_mem"})
 
     def step(self, iter_num, loss, lr, dt, grad_norm, micro_batches):
-        """The log line of a training step that took dt seconds (the first one's time includes compiling
-        and warm-up: no utilisation figure for it)."""
+        """A step's line (the first one's dt includes compiling and warm-up: no MFU for it)."""
         self.logs_done += 1
         mfu = self.model.estimate_mfu(micro_batches, dt, self.peak_flops, self.cfg["block_size"]) \
             if self.logs_done > 1 else None

@@ -1,8 +1,5 @@
-"""A GPT-2 style language model in one file.
-
-Parameter names follow nanoGPT's (transformer.wte, transformer.h.0.attn.c_attn, ...), so its
-checkpoints load here unchanged. OpenAI's GPT-2 weights load through `GPT.from_pretrained` (hf.py).
-"""
+"""A GPT-2 style language model in one file. Parameter names follow nanoGPT's, so its checkpoints load here
+unchanged; OpenAI's GPT-2 weights load through `GPT.from_pretrained` (hf.py)."""
 import math
 from dataclasses import dataclass
 
@@ -133,8 +130,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, override_args=None):
-        """GPT-2's weights: 'gpt2' .. 'gpt2-xl' from the Hugging Face hub, or a local Hugging Face GPT-2
-        folder. override_args may set dropout, and block_size (which crops the model)."""
+        """GPT-2's weights ('gpt2'..'gpt2-xl' or a Hugging Face GPT-2 folder); override_args: dropout, block_size."""
         from hf import load_gpt2
         override_args = dict(override_args or {})
         unknown = set(override_args) - {"dropout", "block_size"}
@@ -156,8 +152,7 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops, seq_len=None):
-        """Model FLOPs utilisation of fwdbwd_per_iter sequences of seq_len tokens (default: block_size)
-        a step taking dt seconds: achieved FLOP/s over peak_flops (None when the peak is unknown)."""
+        """Achieved FLOP/s over peak_flops of a dt-second step of fwdbwd_per_iter sequences (None: no peak)."""
         if not peak_flops or dt <= 0:
             return None
         cfg = self.config

@@ -1,11 +1,6 @@
-"""The optimizers train.py offers: 'adamw' (nanoGPT's: model.configure_optimizers) or 'muon'.
-
-Muon (torch.optim.Muon, torch 2.9+) orthogonalises each update of a weight matrix with a few
-Newton-Schulz steps, so every direction of the matrix moves at about the same rate. It is made for
-the matrices inside the transformer blocks; the embeddings (and the head tied to them), the biases and
-the norms keep AdamW. The two run as one optimizer here (MuonWithAdamW): one learning-rate schedule
-drives both, Muon's peak being muon_lr where AdamW's is learning_rate.
-"""
+"""The optimizers train.py offers: 'adamw' (nanoGPT's model.configure_optimizers) or 'muon'.
+Muon (torch 2.9+) orthogonalises each update of a block's weight matrix (a few Newton-Schulz steps); the
+embeddings, biases and norms keep AdamW. One schedule drives both, Muon's peak being muon_lr."""
 import torch
 
 from errors import UserError
@@ -23,9 +18,8 @@ def muon_split(model):
 
 
 class MuonWithAdamW:
-    """Muon for the blocks' matrices and AdamW for the rest, stepped, zeroed, saved and loaded as one
-    optimizer (GradScaler and train.py need only param_groups, step, zero_grad and the state dicts).
-    Each group's lr_scale turns the schedule's AdamW learning rate into its own."""
+    """Muon and AdamW as one optimizer (param_groups, step, zero_grad, the state dicts); each group's lr_scale
+    turns the schedule's learning rate into its own."""
 
     def __init__(self, model, cfg, device_type):
         if not hasattr(torch.optim, "Muon"):

@@ -1,10 +1,8 @@
-"""Plot training runs from the log.jsonl that train.py writes into out_dir.
+"""Plot training runs from their out_dir/log.jsonl: loss against steps, and below it against tokens seen,
+the learning rate, and HellaSwag accuracy when measured. Needs matplotlib.
 
     python plot.py --out_dir=out-shakespeare-char-cpu            # writes out-shakespeare-char-cpu/loss.png
     python plot.py --out_dir=run_a --out_dir=run_b --output=compare.png   # several runs overlaid
-
-Top: train and val loss against steps. Below: the same against tokens seen, the learning rate,
-and HellaSwag accuracy when the runs measured it. Needs matplotlib: pip install matplotlib.
 """
 import os
 import sys
@@ -36,8 +34,7 @@ def read_log(out_dir):
 
 
 def moving_average(values, window):
-    """Each value averaged with its neighbours, window values in all (fewer at the ends): centred, so
-    the smoothed line does not lag behind a falling loss."""
+    """Each value averaged with its neighbours, window in all: centred, so it does not lag a falling loss."""
     half = window // 2
     return [sum(values[max(0, i - half):i + half + 1]) / len(values[max(0, i - half):i + half + 1])
             for i in range(len(values))]
@@ -49,8 +46,7 @@ def series(records, x_key, y_key):
 
 
 def plot_runs(runs, output, smooth=10, title=""):
-    """runs: {label: (train records, eval records)}. Writes the picture to output; returns the title and
-    the loss axis's label."""
+    """Draw runs ({label: (train records, eval records)}) into output; (title, loss axis label)."""
     try:
         import matplotlib
     except ImportError:
@@ -62,37 +58,31 @@ def plot_runs(runs, output, smooth=10, title=""):
     has_hellaswag = any(r.get("hellaswag_acc") is not None for _, evals in runs.values() for r in evals)
     fig = plt.figure(figsize=(12, 8), layout="constrained")
     grid = fig.add_gridspec(2, 3 if has_hellaswag else 2, height_ratios=[3, 2])
-    ax_iter = fig.add_subplot(grid[0, :])
-    ax_tok, ax_lr = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    ax_iter, ax_tok, ax_lr = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     ax_hs = fig.add_subplot(grid[1, 2]) if has_hellaswag else None
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lows, highs, peaks = [], [], []
     for n, (label, (train, evals)) in enumerate(runs.items()):
-        color = colors[n % len(colors)]
+        style = dict(color=colors[n % len(colors)])
         prefix = f"{label}: " if len(runs) > 1 else ""
         for ax, x_key in ((ax_iter, "iter"), (ax_tok, "tokens")):
-            xs, ys = series(train, x_key, "loss")
-            if xs:
-                if smooth > 1:
-                    ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.8)
-                ax.plot(xs, moving_average(ys, max(1, smooth)), color=color, linewidth=1.5, label=f"{prefix}train")
+            for records, y_key, name in ((train, "loss", "train"), (evals, "val_loss", "val")):
+                xs, ys = series(records, x_key, y_key)
+                if not xs:
+                    continue
+                if name == "val":
+                    ax.plot(xs, ys, linestyle="--", marker="o", markersize=4, label=prefix + name, **style)
+                else:
+                    if smooth > 1:
+                        ax.plot(xs, ys, alpha=0.2, linewidth=0.8, **style)
+                    ax.plot(xs, moving_average(ys, max(1, smooth)), linewidth=1.5, label=prefix + name, **style)
                 lows.append(min(ys))
-                highs.append(ys[len(ys) // 20])  # past the first steps' steep drop
+                highs.append(ys[max(1, len(ys) // 20) if len(ys) > 1 else 0])  # past the first steps' steep drop
                 peaks.append(max(ys))
-            xs, ys = series(evals, x_key, "val_loss")
-            if xs:
-                ax.plot(xs, ys, color=color, linestyle="--", marker="o", markersize=4, label=f"{prefix}val")
-                lows.append(min(ys))
-                highs.append(ys[min(1, len(ys) - 1)])
-                peaks.append(max(ys))
-        xs, ys = series(train or evals, "iter", "lr")
-        ax_lr.plot(xs, ys, color=color, label=label)
-        if ax_hs:
-            for key, style in (("hellaswag_acc", "-"), ("hellaswag_acc_norm", ":")):
-                xs, ys = series(evals, "iter", key)
-                if xs:
-                    ax_hs.plot(xs, ys, color=color, linestyle=style, marker="o", markersize=4,
-                               label=f"{prefix}{key.removeprefix('hellaswag_')}")
+        ax_lr.plot(*series(train or evals, "iter", "lr"), label=label, **style)
+        for key, line in (("hellaswag_acc", "-"), ("hellaswag_acc_norm", ":")) if ax_hs else ():
+            ax_hs.plot(*series(evals, "iter", key), linestyle=line, marker="o", markersize=4,
+                       label=prefix + key.removeprefix("hellaswag_"), **style)
     loss_label = "loss"
     if lows:  # frame the interesting part; the first steps' loss can be several times higher
         low, high = min(lows), max(highs)
@@ -106,14 +96,12 @@ def plot_runs(runs, output, smooth=10, title=""):
     ax_tok.set(xlabel="tokens seen", ylabel=loss_label)
     ax_tok.xaxis.set_major_formatter(EngFormatter())  # 50k, 1M, ...
     ax_lr.set(xlabel="step", ylabel="learning rate")
-    axes = [ax_iter, ax_tok, ax_lr] + ([ax_hs] if ax_hs else [])
+    for ax in filter(None, (ax_iter, ax_tok, ax_lr, ax_hs)):
+        ax.grid(alpha=0.3)
+    for ax in filter(None, (ax_iter, ax_hs)):  # the other panels use the same colours
+        ax.legend(fontsize=8)
     if ax_hs:
         ax_hs.set(xlabel="step", ylabel="HellaSwag accuracy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    for ax in (ax_iter, ax_hs):  # the other panels use the same colours
-        if ax:
-            ax.legend(fontsize=8)
     atomic_write(output, lambda f: fig.savefig(f, format=os.path.splitext(output)[1][1:].lower(), dpi=100))
     plt.close(fig)
     return ax_iter.get_title(), loss_label

@@ -1,11 +1,7 @@
-"""Where the scripts run: device, precision, torch.compile, torchrun's process group, what the GPU can do.
-`--device`, `--dtype` and `--compile` mean the same in every script; what the machine can't do is one line.
-"""
+"""Where the scripts run: device, precision, torch.compile, torchrun's process group, what the GPU can do."""
 import gc
 import os
 import re
-import shutil
-import sys
 from contextlib import nullcontext
 
 import torch
@@ -56,40 +52,18 @@ def autocast(device, dtype):
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
 
 
-def compile_problem(device):
-    """Why torch.compile can't work here, or None if it should."""
-    kind = torch.device(device).type
-    if kind == "mps":
-        return "torch.compile is not supported for mps"
-    if sys.platform == "win32":
-        return "torch.compile's default backend does not support Windows"
-    if kind == "cuda":
-        try:
-            import triton  # noqa: F401  (inductor generates Triton kernels for CUDA)
-        except ImportError:
-            return "Triton is not installed"
-    elif not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
-        return "no C compiler (cc/gcc/clang) was found for inductor's CPU kernels"
-    return None
-
-
-def compile_probe(device):
-    """Compile and run a tiny function: a broken toolchain shows up here, as a reason, not mid-training."""
-    try:
-        torch.compile(lambda t: torch.sin(t) * 2 + 1)(torch.ones(8, device=device))
-    except Exception as e:
-        return f"torch.compile failed on a test function ({reason(e)})"
-    return None
-
-
 def maybe_compile(model, enabled, device, log=print, blocks=False):
-    """Compile the model in place (its state_dict keeps plain names) when enabled and possible here, else
-    leave it eager with a one-line note; whether it was compiled. blocks: each block on its own instead."""
+    """Compile the model in place (its state_dict keeps plain names) when enabled; if a test function fails
+    to compile here (no C compiler, no Triton, MPS), leave it eager with one line. blocks: each block alone."""
     if not enabled:
         return False
-    problem = compile_problem(device) or compile_probe(device)
-    if problem:
-        log(f"warning: running without torch.compile: {problem} (pass --compile=False to silence this)")
+    try:  # a broken toolchain shows up here, as a reason, not mid-training
+        if torch.device(device).type == "mps":
+            raise RuntimeError("torch.compile is not supported for mps")
+        torch.compile(lambda t: torch.sin(t) * 2 + 1)(torch.ones(8, device=device))
+    except Exception as e:
+        log(f"warning: running without torch.compile: it failed on a test function ({reason(e)}); "
+            "pass --compile=False to silence this")
         return False
     log("compiling the model with torch.compile: the first forward pass waits for it (a minute or more)")
     for module in model.transformer.h if blocks else [model]:
@@ -98,9 +72,8 @@ def maybe_compile(model, enabled, device, log=print, blocks=False):
 
 
 def place_model(model, cfg, device, dtype, world_size, log):
-    """(the model to train, the plain module) on device: compiled when cfg['compile'], then wrapped for
-    several processes: FSDP2 shards when cfg['fsdp'] (each block compiled before sharding: FSDP's hooks run
-    between blocks, and would break one whole-model graph at every one), else DDP."""
+    """(the model to train, the plain module) on device, compiled when cfg['compile'], wrapped for several
+    processes: FSDP2 when cfg['fsdp'] (each block compiled before sharding: FSDP's hooks break graphs), else DDP."""
     model.to(device)
     if cfg["fsdp"] and world_size > 1:
         maybe_compile(model, cfg["compile"], device, log, blocks=True)
@@ -113,9 +86,11 @@ def place_model(model, cfg, device, dtype, world_size, log):
     return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None), model
 
 
-# Peak dense bf16 tensor-core FLOP/s by GPU name (datasheet figures, no sparsity).
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
-              "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+# Peak dense bf16 tensor-core FLOP/s by GPU name (datasheet figures, no sparsity), the first match counting:
+# the PCIe and NVL boards run at lower clocks.
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H200": 989e12, "H100": 989e12,
+              "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12,
+              "V100": 125e12, "T4": 65e12}
 
 
 def device_peak_flops(device):
@@ -123,18 +98,13 @@ def device_peak_flops(device):
     if torch.device(device).type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    if "H100" in name and "PCIe" in name:
-        return 756e12
-    if ("H100" in name or "H200" in name) and "NVL" in name:  # the PCIe boards' lower clocks
-        return 835e12
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    return next((flops for key, flops in PEAK_FLOPS.items() if all(w in name for w in key.split())), None)
 
 
 def estimate_memory(model, batch_size, block_size, dtype="float32"):
-    """Rough bytes of training memory per process: fp32 weights, gradients and AdamW's two moments, and the
-    activations kept for backward over one micro-batch: ~16 values of width n_embd per block and token
-    (Korthikanti et al. 2022, less what fused attention never stores), fp32 log-probabilities per token
-    and vocabulary entry, and autocast's 16-bit copies of the weights."""
+    """Rough training bytes per process: fp32 weights, gradients, AdamW's moments, and one micro-batch's saved
+    activations: ~16 n_embd-wide values per block and token (Korthikanti et al. 2022, less what fused attention
+    never stores), fp32 log-probabilities, autocast's 16-bit weight copies."""
     n = sum(p.numel() for p in model.parameters())
     half = dtype in ("bfloat16", "float16")
     c, tokens = model.config, batch_size * block_size
@@ -150,8 +120,7 @@ def first_slurm_host(nodelist):
 
 
 def distributed_env():
-    """(rank, local_rank, world_size) from torchrun's variables, or from srun's when a job step
-    started one process per task without torchrun; None for a single process."""
+    """(rank, local_rank, world_size) from torchrun's variables or srun's (one task per process); None: alone."""
     env = os.environ
     if "RANK" in env:
         return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
@@ -168,8 +137,7 @@ def distributed_env():
 
 
 def setup_distributed(backend, device):
-    """Join the process group when launched by torchrun (one node or many) or by SLURM's srun.
-    Returns (rank, local_rank, world_size, device); device becomes cuda:LOCAL_RANK on GPUs."""
+    """(rank, local_rank, world_size, device), in the process group under torchrun or srun (cuda:LOCAL_RANK)."""
     found = distributed_env()
     if found is None:
         if device.startswith("cuda:"):  # --device=cuda:1: the current device, so kernels and RNG states use it
@@ -204,9 +172,8 @@ def agree(value, world_size, device="cpu", any_rank=False):
 
 
 def teardown_distributed():
-    """Leave the process group once every process is done (after main() returned, its models gone):
-    collecting DDP's and FSDP's references to the group now lets its gloo threads end while Python
-    is alive, not race the peers' exit (an intermittent SIGABRT)."""
+    """Leave the process group after main() returned: collecting DDP's and FSDP's references to it now lets
+    gloo's threads end while Python is alive, not race the peers' exit (an intermittent SIGABRT)."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -214,8 +181,7 @@ def teardown_distributed():
 
 
 def shard_model(model, dtype):
-    """FSDP2: shard each transformer block, then the rest (embeddings, final norm), over all processes.
-    Parameters are gathered in `dtype` for compute; gradients are reduced in float32."""
+    """FSDP2: shard each block, then the rest; parameters gathered in `dtype`, gradients reduced in float32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32) if dtype != "float32" \
         else MixedPrecisionPolicy()
@@ -225,8 +191,7 @@ def shard_model(model, dtype):
 
 
 def gather_full(obj, keep=True):
-    """A (nested) state dict with every sharded DTensor gathered whole on the CPU, one tensor at a time:
-    collective, so every process calls it; only one with keep (rank 0, which saves) holds the copies."""
+    """A (nested) state dict with its DTensors gathered whole on the CPU (collective; only `keep` holds them)."""
     from torch.distributed.tensor import DTensor
     if isinstance(obj, DTensor):
         full = obj.full_tensor()

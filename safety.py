@@ -1,6 +1,5 @@
 """What keeps a user's work safe: files written whole or not at all, one training run per out_dir, and
-stopping cleanly when asked to (Ctrl-C, SIGTERM, SLURM's SIGUSR1). No torch: the data scripts use it too.
-"""
+stopping cleanly when asked to (Ctrl-C, SIGTERM, SLURM's SIGUSR1). No torch: the data scripts use it too."""
 import atexit
 import datetime
 import errno
@@ -36,10 +35,8 @@ def free_bytes(folder):
 
 
 def atomic_write(path, write, size_hint=None):
-    """Call write(f) on a new binary file beside path, fsync it, then rename it over path: whoever reads
-    path sees the old file or the new one, never a mix. The temporary name is unique to this writer, so
-    two writers never share one; on any failure (disk full, Ctrl-C, an error in write) it is removed
-    and path is left as it was. A full disk is a UserError naming path and the bytes it needed."""
+    """write(f) into a new file beside path (a name of this writer's own), fsync, rename over path: readers see
+    the old file or the new. On any failure it is removed and path left as it was; a full disk is a UserError."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"can't write {path}: the folder {os.path.dirname(path) or '.'} does not exist")
@@ -69,9 +66,8 @@ def atomic_write(path, write, size_hint=None):
 
 
 class RunLock:
-    """One training run per out_dir: an exclusive fcntl.flock on out_dir/run.lock, held for the run's life.
-    The OS drops the lock when the process ends, however it ends (kill -9 included), so a dead run never
-    blocks the next one; the file's text says who holds it, for the message a second run prints."""
+    """One training run per out_dir: an fcntl.flock on out_dir/run.lock (whose text says who holds it). The OS
+    drops it when the process ends, however it ends, so a dead run never blocks the next."""
 
     NAME = "run.lock"
 
@@ -124,9 +120,8 @@ class RunLock:
 
 
 class StopSignals:
-    """SIGTERM (scancel, preemption, Kubernetes), SIGUSR1 (SLURM's --signal) and a first Ctrl-C only set
-    `signum`, which the loop checks between steps (and evaluation batches), then saves and stops. A second
-    Ctrl-C raises KeyboardInterrupt at once; further SIGTERMs (torchrun forwards one after a Ctrl-C) wait."""
+    """SIGTERM (scancel, preemption), SIGUSR1 (SLURM's --signal) and a first Ctrl-C set `signum`, which the loop
+    checks between steps to save and stop. A second Ctrl-C raises KeyboardInterrupt; further SIGTERMs wait."""
 
     def __init__(self, announce=True):
         self.signum, self.announce = None, announce

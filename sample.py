@@ -5,10 +5,7 @@
     python sample.py --start=FILE:prompt.txt
     python sample.py --init_from=gpt2 --interactive=True    # type prompts, Ctrl-D ends
 
-Char-level checkpoints decode with their dataset's vocabulary (stored in the checkpoint, or the
-dataset's meta.json / nanoGPT's meta.pkl); everything else with GPT-2's BPE. Text is printed as it
-is generated, with the KV cache of engine.py (the same text as --use_cache=False, which recomputes).
-On CUDA each decode step is replayed from a CUDA graph (--cuda_graph=False: launch it op by op).
+Text is printed as it is generated, with engine.py's KV cache (on CUDA its decode step replayed as a CUDA graph).
 """
 import sys
 
@@ -48,8 +45,7 @@ def read_prompt(start):
 
 
 class TextStream:
-    """Print the text of a growing id sequence piece by piece. A BPE token can end inside a multi-byte
-    character, which decodes to U+FFFD until the next token completes it: such a tail waits."""
+    """Print a growing id sequence's text piece by piece; a tail that ends inside a character (U+FFFD) waits."""
 
     def __init__(self, tok, ids, out):
         self.tok, self.ids, self.out, self.printed = tok, list(ids), out, ""

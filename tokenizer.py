@@ -1,8 +1,6 @@
-"""Text to token ids and back: GPT-2's BPE (tiktoken, offline once cached) or a dataset's characters.
-
-A dataset's vocabulary is its meta.json: {"vocab_size": N, "itos": [characters]} or {"vocab_size": N,
-"tokenizer": "gpt2"}. nanoGPT's meta.pkl is read too, as plain data only: nothing in it is executed.
-"""
+"""Text to token ids and back: GPT-2's BPE (tiktoken) or a dataset's characters. A dataset's vocabulary is its
+meta.json, {"vocab_size": N, "itos": [characters]} or {"vocab_size": N, "tokenizer": "gpt2"}, or nanoGPT's
+meta.pkl, read as plain data only."""
 import json
 import os
 import pickle
@@ -59,8 +57,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def load_vocab(folder):
-    """The dataset's vocabulary as {'vocab_size', 'itos' (list of chars) or 'tokenizer'}, or None.
-    Reads our meta.json, else nanoGPT's meta.pkl."""
+    """The dataset's vocabulary, {'vocab_size', 'itos' or 'tokenizer'}, from meta.json or meta.pkl; or None."""
     json_path, pkl_path = os.path.join(folder, "meta.json"), os.path.join(folder, "meta.pkl")
     if os.path.isfile(json_path):
         return read_meta_json(json_path, folder)

@@ -102,9 +102,9 @@ def test_hellaswag_distributed_matches_single_process(tmp_path, hf_dir, referenc
     assert f"hellaswag: {len(ITEMS)} items, acc {acc:.4f}, acc_norm {acc_norm:.4f}" in out
 
 
-def test_hellaswag_user_errors(tmp_path, hf_dir):
+def test_hellaswag_user_errors(tmp_path, hf_dir, monkeypatch):
+    import eval as evaluate
     from errors import UserError
-    from eval import hellaswag_file
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": ""}) + "\n")  # the unlabelled test split
     r = run_script("eval.py", f"--init_from={hf_dir}", f"--data_path={bad}", "--device=cpu", check=False)
@@ -112,7 +112,8 @@ def test_hellaswag_user_errors(tmp_path, hf_dir):
     assert "Traceback" not in r.stderr
     # offline: the download fails and the message says how to use a local copy; nothing is left behind
     with pytest.raises(UserError, match="--data_path=FILE"):
-        hellaswag_file("", str(tmp_path / "data"), url="http://127.0.0.1:9/hellaswag_val.jsonl")
+        monkeypatch.setattr(evaluate, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")
+        evaluate.load_hellaswag("", str(tmp_path / "data"))
     assert not os.listdir(tmp_path / "data" / "hellaswag")
 
 
