@@ -50,8 +50,8 @@ def download(name):
     return os.path.dirname(paths[0]), paths[1]
 
 
-def load_gpt2(name_or_path):
-    """(GPTConfig fields, state dict in our layout) of a name in NAMES or a Hugging Face GPT-2 folder."""
+def load_gpt2(name_or_path, dropout=0.0):
+    """Our GPT holding the weights of a name in NAMES or of a Hugging Face GPT-2 folder; ValueError if unusable."""
     import torch
     if os.path.isdir(name_or_path):
         folder = name_or_path
@@ -83,22 +83,17 @@ def load_gpt2(name_or_path):
         raise ValueError(f"{name_or_path}: n_inner={config['n_inner']} is not 4*n_embd; unsupported")
     if config.get("activation_function", "gelu_new") != "gelu_new":
         raise ValueError(f"{name_or_path}: activation {config['activation_function']} is unsupported (gelu_new only)")
-    shape = {ours: config[theirs] for ours, theirs in SHAPE.items()}
-    state = {"transformer." + k.removeprefix("transformer."): v for k, v in state.items()}
     from model import GPT, GPTConfig
-    with torch.device("meta"):  # the names and shapes our GPT of this shape has, no memory
-        wanted = GPT(GPTConfig(**shape)).state_dict()
-    out = {}
-    for key, target in wanted.items():
-        if key == "lm_head.weight":
-            continue  # tied to wte
-        if key not in state:
-            raise ValueError(f"{name_or_path}: checkpoint has no weight for '{key}'")
-        out[key] = state[key].t() if key.endswith(CONV1D) else state[key]
-        if out[key].shape != target.shape:
-            raise ValueError(f"{name_or_path}: '{key}' has shape {tuple(out[key].shape)}, "
-                             f"expected {tuple(target.shape)}")
-    return shape, out
+    model = GPT(GPTConfig(**{ours: config[theirs] for ours, theirs in SHAPE.items()}, bias=True, dropout=dropout))
+    state = {"transformer." + k.removeprefix("transformer."): v for k, v in state.items()}
+    try:  # the keys and shapes our GPT has, GPT-2's Conv1D matrices transposed; lm_head is wte
+        model.load_state_dict({k: state[k].t() if k.endswith(CONV1D) else state[k] for k in model.state_dict()
+                               if k != "lm_head.weight"}, strict=False)
+    except KeyError as e:
+        raise ValueError(f"{name_or_path}: checkpoint has no weight for {e}") from None
+    except RuntimeError as e:
+        raise ValueError(f"{name_or_path}: {reason(e, 200, last=True)}") from None
+    return model
 
 
 def export(model, folder, force=False):

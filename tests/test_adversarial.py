@@ -20,7 +20,8 @@ from conftest import (EXACT, REPO, TINY, assert_same_state, char_checkpoint, loa
 def test_a_second_run_on_a_live_out_dir_refuses_and_a_killed_one_blocks_nothing(tmp_path, char_data):
     out = tmp_path / "out"
     first = start(tmp_path, char_data, out, "--max_iters=100000", "--eval_interval=2")
-    wait_for(first, "saving checkpoint")  # it has a checkpoint now
+    wait_for(first, "saving checkpoint")
+    wait_for(first, "iter 2:")  # the step after the save: it has a checkpoint now
     for extra in ([], ["--init_from=resume"], ["--init_from=resume", "--max_iters=3"]):
         res = train(tmp_path, char_data, "--max_iters=4", *extra, check=False)
         one_error_line(res, f"out_dir '{out}' is in use by another training run (pid {first.pid} on ")
