@@ -142,10 +142,10 @@ def write_char_data(root):
     return str(root / "data"), "chars", itos
 
 
-def train(tmp_path, data, *extra, check=True):
+def train(tmp_path, data, *extra, check=True, process=False):
     data_dir, dataset, _ = data
     return run_script("train.py", *TINY, f"--data_dir={data_dir}", f"--dataset={dataset}",
-                      f"--out_dir={tmp_path / 'out'}", *extra, cwd=tmp_path, check=check)
+                      f"--out_dir={tmp_path / 'out'}", *extra, cwd=tmp_path, check=check, process=process)
 
 
 def load(path):
@@ -243,6 +243,21 @@ def char_checkpoint(out, itos):
     save_checkpoint({"model": model.state_dict(), "optimizer": model.configure_optimizers(
         0.1, 1e-3, (0.9, 0.95), "cpu").state_dict(), "model_args": args, "iter_num": 2, "best_val_loss": 3.0,
         "config": {}, "vocab": {"vocab_size": len(itos), "itos": itos}}, os.path.join(out, "ckpt.pt"))
+
+
+def setup_corrupt(out, itos):
+    os.makedirs(out)
+    with open(os.path.join(out, "ckpt.pt"), "wb") as f:
+        f.write(b"\x00garbage" * 100)
+
+
+def setup_truncated(out, itos):
+    char_checkpoint(out, itos)
+    path = os.path.join(out, "ckpt.pt")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
 
 
 def one_error_line(res, message):

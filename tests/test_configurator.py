@@ -1,9 +1,10 @@
 """configurator.py: config files, --key=value overrides, literal parsing, and its user-facing errors."""
+import re
 import textwrap
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, train
 from configurator import load_config, parse_value
 from errors import UserError
 
@@ -198,3 +199,9 @@ def test_run_main_lets_programmer_errors_through():
     script = "from errors import run_main\ndef main():\n    raise RuntimeError('boom')\nrun_main(main)\n"
     res = run_script("-c", script, cwd=REPO, check=False, timeout=60)
     assert res.returncode == 1 and "RuntimeError: boom" in res.stderr and "Traceback" in res.stderr
+
+
+def test_config_file_with_a_typo_is_one_line(tmp_path, char_data):
+    (tmp_path / "my_config.py").write_text("batch_size = 4\nlearning_rate = 1e-3 +\n")
+    res = train(tmp_path, char_data, str(tmp_path / "my_config.py"), check=False)
+    assert res.returncode == 2 and re.search(r"my_config.py' failed at line 2: SyntaxError", res.stderr)

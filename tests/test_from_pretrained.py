@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import random_hf_gpt2
+from conftest import char_checkpoint, one_error_line, random_hf_gpt2, run_script
 from model import GPT
 
 N_POS, VOCAB = 32, 101
@@ -163,3 +163,33 @@ def test_wider_mlp_is_rejected(tmp_path, safetensors_dir):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="n_inner"):
         GPT.from_pretrained(str(tmp_path))
+
+
+def test_export_refuses_a_folder_that_holds_files(tmp_path, char_data):
+    char_checkpoint(str(tmp_path / "out"), char_data[2])
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"another": "model"}')
+    res = run_script("eval.py", "--task=export_hf", f"--out_dir={tmp_path / 'out'}", f"--export_dir={theirs}",
+                     check=False)
+    one_error_line(res, f"export folder '{theirs}' is not empty (config.json); pass --force=True")
+    assert (theirs / "config.json").read_text() == '{"another": "model"}'
+    res = run_script("eval.py", "--task=export_hf", f"--out_dir={tmp_path / 'out'}", f"--export_dir={theirs}",
+                     "--force=True")
+    assert sorted(os.listdir(theirs)) == ["config.json", "model.safetensors"]
+    assert "character vocabulary" in res.stdout and "not GPT2Tokenizer" in res.stdout
+
+
+def test_a_damaged_hugging_face_folder_names_the_file(tmp_path):
+    from hf import export as export_hf
+    from model import GPT, GPTConfig
+    hf = tmp_path / "hf"
+    export_hf(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=50257)), str(hf))
+    weights = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    res = run_script("sample.py", f"--init_from={hf}", "--device=cpu", cwd=tmp_path, check=False)
+    one_error_line(res, f"{hf / 'model.safetensors'} could not be read as part of a GPT-2 checkpoint")
+    (hf / "model.safetensors").write_bytes(weights)
+    (hf / "config.json").write_text('{"n_layer": 1,')
+    res = run_script("sample.py", f"--init_from={hf}", "--device=cpu", cwd=tmp_path, check=False)
+    one_error_line(res, f"{hf / 'config.json'} could not be read as part of a GPT-2 checkpoint (JSONDecodeError")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import engine
-from conftest import REPO, TEXT, run_script
+from conftest import REPO, TEXT, char_checkpoint, run_script, setup_truncated, tree
 from model import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,9 +88,9 @@ def test_trained_model_greedy_500_tokens_past_block_size():
 
 def test_gpt2_shapes_greedy_past_block_size():
     """GPT-2 124M's widths (768, 12 heads of 64, the 50304-entry head), two layers and a short context."""
-    model = tiny(vocab_size=50304, block_size=64, n_embd=768, n_head=12, seed=3)
+    model = tiny(vocab_size=50304, block_size=32, n_embd=768, n_head=12, seed=3)
     idx = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(4))
-    fast, ref = both(model, idx, 100, temperature=0, vocab_limit=50257)
+    fast, ref = both(model, idx, 40, temperature=0, vocab_limit=50257)
     assert torch.equal(fast, ref)
 
 
@@ -307,3 +307,26 @@ def test_sample_bpe_from_hf_directory_streams(tmp_path):
     streamed = run_script("sample.py", *common, cwd=tmp_path).stdout
     assert streamed == run_script("sample.py", *common, "--use_cache=False", "--stream=False", cwd=tmp_path).stdout
     assert streamed.startswith("Hello there") and streamed.count("---------------") == 2
+
+
+@pytest.mark.parametrize("args, setup, message", [
+    ([], None, "no checkpoint at"),
+    (["--start=FILE:missing_prompt.txt"], char_checkpoint, "missing_prompt.txt"),
+    (["--init_from=resume"], setup_truncated, "could not be read"),
+])
+def test_bad_sampling_input_is_one_line_and_changes_nothing(tmp_path, char_data, args, setup, message):
+    if setup:
+        setup(str(tmp_path / "out"), char_data[2])
+    before = tree(tmp_path)
+    res = run_script("sample.py", f"--out_dir={tmp_path / 'out'}", "--device=cpu", "--num_samples=1",
+                     "--max_new_tokens=3", *args, cwd=tmp_path, check=False)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert tree(tmp_path) == before
+
+
+def test_long_prompt_is_cropped_not_an_error(tmp_path, char_data):
+    char_checkpoint(str(tmp_path / "out"), char_data[2])
+    res = run_script("sample.py", f"--out_dir={tmp_path / 'out'}", "--device=cpu", "--num_samples=1",
+                     "--max_new_tokens=3", "--start=" + "Speak, speak. " * 10, cwd=tmp_path)
+    assert ("Speak, speak. " * 10)[-16:] in res.stdout  # the prompt's last block_size characters lead

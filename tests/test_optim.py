@@ -83,16 +83,6 @@ def test_bad_muon_settings_are_one_line(tmp_path, char_data):
     assert res.returncode == 2 and res.stderr == "error: unknown optimizer 'sgd': use adamw or muon\n"
 
 
-def test_fsdp_with_muon_is_refused_in_one_line(tmp_path, char_data):
-    res = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                     os.path.join(REPO, "train.py"), *TINY, *MUON, "--fsdp=True", "--gradient_accumulation_steps=2",
-                     f"--data_dir={char_data[0]}", f"--dataset={char_data[1]}", f"--out_dir={tmp_path / 'out'}",
-                     cwd=tmp_path, check=False)
-    assert res.returncode != 0
-    assert res.stderr.count("error: fsdp=True does not support optimizer=muon") == 1  # printed once
-    assert not (tmp_path / "out").exists()
-
-
 def test_a_torch_without_muon_names_the_version_needed(monkeypatch):
     from errors import UserError
     monkeypatch.delattr(torch.optim, "Muon")

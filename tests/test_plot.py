@@ -7,10 +7,9 @@ import re
 import pytest
 import torch
 
-from conftest import run_script, train
+from conftest import one_error_line, run_script, train, tree, write_items
 from model import GPT, GPTConfig
 from runtime import estimate_memory
-from conftest import write_items
 
 
 def read_jsonl(path):
@@ -146,3 +145,21 @@ def test_plot_user_errors(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
     r = run_script("plot.py", f"--out_dir={a}", check=False, env={"PYTHONPATH": str(fake.parent)})
     assert r.returncode == 2 and r.stderr.strip() == "error: plot.py needs matplotlib: pip install matplotlib"
+
+
+def test_log_jsonl_is_never_taken_over_or_rewritten_in_place(tmp_path, char_data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"kind": "train", "iter": 0, "loss": 1.0}\n')
+    before = tree(tmp_path)
+    one_error_line(train(tmp_path, char_data, "--max_iters=2", check=False), "holds another run's log")
+    assert tree(tmp_path) == before
+    os.remove(out / "log.jsonl")
+    train(tmp_path, char_data, "--max_iters=4", "--eval_interval=2", "--always_save_checkpoint=False")
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"kind": "train", "iter": 99, "loss": 1.0}\n{"kind": "tra')  # a crashed later run's lines
+    inode = os.stat(out / "log.jsonl").st_ino
+    train(tmp_path, char_data, "--max_iters=5", "--eval_interval=2", "--init_from=resume")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert os.stat(out / "log.jsonl").st_ino != inode  # the kept records went to a new file, renamed over
+    assert max(r["iter"] for r in records) == 5 and 99 not in [r["iter"] for r in records]

@@ -1,13 +1,14 @@
 """Dataset preparation scripts, run end to end on small local inputs: the .bin files must decode
 back to exactly the input text (or documents), split where promised."""
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 import tiktoken
 
-from conftest import run_script
+from conftest import one_error_line, run_script, tree
 from data.prepare_text import PrepareError, encode_gpt2, get_input_text, write_char_dataset
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
@@ -136,3 +137,19 @@ def test_openwebtext_from_local_txt_files(tmp_path):
     result = run_script("data/openwebtext/prepare.py", f"--data_files={tmp_path}/docs/*.txt", f"--out_dir={out}",
                         "--val_fraction=0.25", env={"HF_DATASETS_CACHE": str(tmp_path / "hf")})
     check_openwebtext(out, result.stdout)
+
+
+def test_prepare_refuses_to_replace_a_dataset_unless_forced(tmp_path):
+    text = tmp_path / "a.txt"
+    text.write_text("hello world, " * 100)
+    out = tmp_path / "ds"
+    run_script("data/prepare_text.py", f"--input={text}", f"--out_dir={out}")
+    before = tree(out)
+    text.write_text("something else entirely. " * 100)
+    res = run_script("data/prepare_text.py", f"--input={text}", f"--out_dir={out}", check=False)
+    one_error_line(res, f"{out} already holds a dataset (train.bin, val.bin, meta.json); pass --force=True")
+    assert tree(out) == before
+    run_script("data/prepare_text.py", f"--input={text}", f"--out_dir={out}", "--force=True")
+    assert tree(out) != before and sorted(os.listdir(out)) == ["meta.json", "train.bin", "val.bin"]
+    res = run_script("data/prepare_text.py", f"--input={text}", f"--out_dir={out}", "--force=maybe", check=False)
+    one_error_line(res, "expected True or False")

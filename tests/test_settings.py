@@ -1,7 +1,7 @@
 """The one settings check (configurator.check, plus train.py's check_settings for what depends on other
 settings or the machine), in-process against every script's defaults: each bad value is one UserError
 naming the key, its value and the rule. One subprocess per script proves the promise end to end (exit 2,
-one `error:` line, no file changed): test_adversarial.py, test_optim.py."""
+one `error:` line, no file changed): test_errors.py."""
 import pytest
 
 import bench

@@ -1,52 +1,18 @@
-"""train.py, sample.py and bench.py end to end, run as subprocesses the way users run them."""
+"""The training run end to end on small data (sampled and timed after it): nanoGPT's checkpoints, configs and
+command lines, DDP, the data it reads and refuses, one run per out_dir, and every bad input to train.py as
+one line that leaves the files as they were."""
 import math
 import os
 import pickle
 import re
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY, load, run_script, train
-
-def test_scratch_then_resume_continues_iteration_count(tmp_path, char_data):
-    first = train(tmp_path, char_data, "--max_iters=6", "--eval_interval=3")
-    assert re.search(r"^step 3: train loss \d+\.\d{4}, val loss \d+\.\d{4}$", first.stdout, re.M)
-    assert re.search(r"^iter 5: loss \d+\.\d{4}, time \d+\.\d{2}ms, mfu n/a", first.stdout, re.M)
-    ckpt = load(tmp_path / "out" / "ckpt.pt")
-    assert {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"} <= set(ckpt)
-    assert ckpt["iter_num"] == 6 and isinstance(ckpt["best_val_loss"], float)
-    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
-    assert ckpt["model_args"]["vocab_size"] == len(char_data[2])
-
-    second = train(tmp_path, char_data, "--init_from=resume", "--max_iters=9", "--eval_interval=3")
-    assert "resuming from" in second.stdout
-    iters = [int(n) for n in re.findall(r"^iter (\d+):", second.stdout, re.M)]
-    assert iters == [6, 7, 8]  # picks up where the first run stopped
-    resumed = load(tmp_path / "out" / "ckpt.pt")
-    assert resumed["iter_num"] == 9
-    assert not torch.equal(resumed["model"]["transformer.wte.weight"], ckpt["model"]["transformer.wte.weight"])
-
-
-def test_last_step_always_evaluates_and_saves(tmp_path, char_data):
-    # eval_interval far beyond max_iters: nanoGPT would never write a checkpoint here
-    out = train(tmp_path, char_data, "--max_iters=4", "--eval_interval=2000", "--always_save_checkpoint=False")
-    assert "step 4: train loss" in out.stdout
-    assert load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 4
-
-
-def test_best_checkpoint_is_not_replaced_by_a_worse_one(tmp_path, char_data):
-    train(tmp_path, char_data, "--max_iters=4", "--eval_interval=2", "--always_save_checkpoint=False")
-    best = load(tmp_path / "out" / "ckpt.pt")
-    # a huge learning rate makes the resumed run worse; the best checkpoint must survive
-    out = train(tmp_path, char_data, "--init_from=resume", "--max_iters=8", "--eval_interval=2",
-                "--always_save_checkpoint=False", "--learning_rate=50.0", "--decay_lr=False", "--grad_clip=0.0")
-    vals = [float(v) for v in re.findall(r"val loss (\d+\.\d+)", out.stdout)]
-    assert min(vals) > best["best_val_loss"]
-    after = load(tmp_path / "out" / "ckpt.pt")
-    assert after["iter_num"] == best["iter_num"]
-    assert torch.equal(after["model"]["transformer.wte.weight"], best["model"]["transformer.wte.weight"])
+from conftest import (REPO, TINY, char_checkpoint, load, one_error_line, run_script, setup_corrupt, setup_truncated,
+                      start, train, tree, wait_for)
 
 
 def test_sample_char_checkpoint(tmp_path, char_data):
@@ -133,24 +99,6 @@ def test_ddp_two_processes_match_one_process(tmp_path, char_data):
         torch.testing.assert_close(multi[key], value, rtol=1e-5, atol=1e-6)
     assert not torch.equal(single["transformer.h.0.mlp.c_fc.weight"],
                            initial.state_dict()["transformer.h.0.mlp.c_fc.weight"])
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--batchsize=4"], "unknown config key 'batchsize'"),
-    (["--batch_size=abc"], "config key 'batch_size'"),
-    (["--dataset=nope"], "dataset 'nope' not found"),
-    (["--init_from=gpt5"], "unknown init_from 'gpt5'"),
-    (["--gradient_accumulation_steps=0"], "gradient_accumulation_steps=0"),
-    (["--block_size=5000"], "too few for block_size=5000"),
-    (["--dtype=float8"], "unknown dtype 'float8'"),
-    (["--init_from=resume"], "no checkpoint at"),
-    (["--init_from=gpt2"], "could not download gpt2"),  # the tests run with HF_HUB_OFFLINE=1
-])
-def test_user_errors_are_one_line(tmp_path, char_data, args, message):
-    result = train(tmp_path, char_data, "--max_iters=2", *args, check=False)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_cuda_device_on_cpu_machine_is_a_clear_error(tmp_path, char_data):
@@ -253,19 +201,93 @@ def test_epoch_order_visits_every_window_once_per_epoch(n_tokens, block_size):
         assert not np.array_equal(order.starts(0, n), order.starts(n, n))  # epochs are reshuffled
 
 
-def test_scratch_run_never_overwrites_an_existing_checkpoint(tmp_path, char_data):
-    train(tmp_path, char_data, "--max_iters=2", "--eval_interval=2")
-    before = (tmp_path / "out" / "ckpt.pt").read_bytes()
-    again = train(tmp_path, char_data, "--max_iters=2", "--eval_interval=2", check=False)
-    assert again.returncode == 2 and "already exists" in again.stderr and "--init_from=resume" in again.stderr
-    assert (tmp_path / "out" / "ckpt.pt").read_bytes() == before
+def test_a_second_run_on_a_live_out_dir_refuses_and_a_killed_one_blocks_nothing(tmp_path, char_data):
+    out = tmp_path / "out"
+    first = start(tmp_path, char_data, out, "--max_iters=100000", "--eval_interval=2")
+    wait_for(first, "saving checkpoint")
+    wait_for(first, "iter 2:")  # the step after the save: it has a checkpoint now
+    for extra in ([], ["--init_from=resume"], ["--init_from=resume", "--max_iters=3"]):
+        res = train(tmp_path, char_data, "--max_iters=4", *extra, check=False)
+        one_error_line(res, f"out_dir '{out}' is in use by another training run (pid {first.pid} on ")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (out / "run.lock").exists()  # left by the killed run, and harmless: the OS dropped its lock
+    res = train(tmp_path, char_data, "--max_iters=4", "--eval_interval=2", "--init_from=resume")
+    assert "resuming from" in res.stdout and not (out / "run.lock").exists()
 
 
-def test_diverging_run_stops_without_saving_a_poisoned_checkpoint(tmp_path, char_data):
-    result = train(tmp_path, char_data, "--max_iters=30", "--eval_interval=1", "--learning_rate=1e9",
-                   "--decay_lr=False", "--grad_clip=0.0", check=False)
-    assert result.returncode == 2 and "training diverged" in result.stderr
-    assert "Traceback" not in result.stderr
-    path = tmp_path / "out" / "ckpt.pt"
-    if path.exists():  # whatever was saved before the divergence is finite
-        assert all(torch.isfinite(t).all() for t in load(path)["model"].values())
+def test_token_ids_past_the_vocabulary_are_named_before_the_device_sees_them(tmp_path, char_data):
+    folder = os.path.join(char_data[0], char_data[1])
+    ids = np.fromfile(os.path.join(folder, "train.bin"), dtype=np.uint16)
+    ids[::50] = 300
+    ids.tofile(os.path.join(folder, "train.bin"))
+    res = train(tmp_path, char_data, "--max_iters=2", check=False)
+    one_error_line(res, f"{folder}/train.bin holds token id 300, but the model's vocab_size is {len(char_data[2])}")
+    assert not (tmp_path / "out").exists()  # a failed start leaves no trace
+
+
+@pytest.mark.parametrize("meta, problem", [
+    ("{not json", "not valid JSON"),
+    ('{"vocab_size": "65", "itos": []}', "needs a 'vocab_size' between 1 and 65536"),
+    ('{"vocab_size": 3, "itos": ["a", "b"]}', "'itos' must be a list of vocab_size strings"),
+    ('{"vocab_size": 3}', "needs 'itos'"),
+    ('[1, 2]', "needs a 'vocab_size'"),
+    (b'{"vocab_size": 1, "itos": ["\xff"]}', "not UTF-8 text (invalid start byte at byte 28)"),
+])
+def test_a_broken_meta_json_is_one_line_naming_it(tmp_path, char_data, meta, problem):
+    path = os.path.join(char_data[0], char_data[1], "meta.json")
+    with open(path, "wb") as f:
+        f.write(meta if isinstance(meta, bytes) else meta.encode())
+    res = train(tmp_path, char_data, "--max_iters=2", check=False)
+    one_error_line(res, path)
+    assert problem in res.stderr and "data/prepare_text.py" in res.stderr
+
+
+def test_out_dir_that_is_a_file_or_unwritable_is_found_before_the_first_step(tmp_path, char_data):
+    (tmp_path / "afile").write_text("mine")
+    before = tree(tmp_path)
+    res = train(tmp_path, char_data, f"--out_dir={tmp_path / 'afile'}", check=False)
+    one_error_line(res, "is a file, not a folder")
+    res = train(tmp_path, char_data, f"--out_dir={tmp_path / 'afile' / 'sub'}", check=False)
+    one_error_line(res, "can't be written (Not a directory)")
+    assert tree(tmp_path) == before and "iter 0" not in res.stdout
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(tmp_path, char_data):
+    res = run_script("train.py", *TINY, f"--data_dir={char_data[0]}", f"--dataset={char_data[1]}",
+                     f"--out_dir={tmp_path / 'out'}", "--compile=True", "--max_iters=2", cwd=tmp_path,
+                     env={"CXX": "/bin/false"})  # inductor's C++ compiler is broken
+    warnings = [line for line in res.stdout.splitlines() if "torch.compile" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: running without torch.compile")
+    assert load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 2
+
+
+TRAIN_ERRORS = [
+    (["--batchsize=4"], None, "unknown config key 'batchsize'"),
+    (["--batch_size=abc"], None, "config key 'batch_size'"),
+    (["no_such_config.py"], None, "config file 'no_such_config.py' not found"),
+    (["--dataset=nope"], None, "dataset 'nope' not found"),
+    (["--block_size=5000"], None, "too few for block_size=5000"),
+    (["--init_from=resume"], None, "no checkpoint at"),
+    (["--init_from=resume"], setup_corrupt, "could not be read"),
+    (["--init_from=resume"], setup_truncated, "could not be read"),
+    (["--init_from=gpt5"], None, "unknown init_from 'gpt5': use scratch, resume, gpt2"),
+    (["--init_from=gpt2"], None, "could not download gpt2"),  # the tests run with HF_HUB_OFFLINE=1
+    (["--dtype=float8"], None, "unknown dtype 'float8'"),
+    (["--gradient_accumulation_steps=0"], None, "gradient_accumulation_steps=0"),
+    (["--max_iters=-1"], None, "max_iters=-1 must not be negative"),
+    (["--n_embd=33"], None, "n_embd=33 must be divisible by n_head=2"),
+    (["--init_from=resume", "--dataset=bpe"], char_checkpoint, "vocabulary mismatch"),
+    ([], char_checkpoint, "already exists and a new run would overwrite it"),
+]
+
+
+@pytest.mark.parametrize("args, setup, message", TRAIN_ERRORS)
+def test_bad_training_input_is_one_line_and_changes_nothing(tmp_path, char_data, bpe_data, args, setup, message):
+    if setup:
+        setup(str(tmp_path / "out"), char_data[2])
+    before = tree(tmp_path)
+    res = train(tmp_path, char_data, "--max_iters=2", *args, check=False)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert tree(tmp_path) == before
