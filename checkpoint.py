@@ -92,11 +92,6 @@ def find_resume_checkpoint(out_dir, log):
     return best
 
 
-def strip_wrapper_prefixes(state_dict):
-    """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes older checkpoints carry."""
-    return {re.sub(r"^(_orig_mod\.|module\.)+", "", key): value for key, value in state_dict.items()}
-
-
 def load_checkpoint(path):
     """Load a checkpoint written by us or by nanoGPT, normalised to plain keys and float values."""
     if not os.path.isfile(path):
@@ -123,7 +118,8 @@ def load_checkpoint(path):
                                  ("best_val_loss", isinstance(best, (int, float)) or torch.is_tensor(best))) if not ok]
     if malformed:
         raise UserError(f"checkpoint {path} has a malformed {', '.join(malformed)}; the file was left as it is")
-    ckpt["model"] = strip_wrapper_prefixes(ckpt["model"])
+    # nanoGPT's checkpoints may carry torch.compile's '_orig_mod.' and DDP's 'module.' in their keys
+    ckpt["model"] = {re.sub(r"^(_orig_mod\.|module\.)+", "", k): v for k, v in ckpt["model"].items()}
     if torch.is_tensor(ckpt.get("best_val_loss")):
         ckpt["best_val_loss"] = ckpt["best_val_loss"].item()  # nanoGPT stored a tensor
     return ckpt

@@ -38,12 +38,6 @@ DEFAULTS = dict(
 )
 
 
-def read_prompt(start):
-    if not start.startswith("FILE:"):
-        return start
-    return read_utf8(start[len("FILE:"):], "prompt file (from --start=FILE:...)")
-
-
 class TextStream:
     """Print a growing id sequence's text piece by piece; a tail that ends inside a character (U+FFFD) waits."""
 
@@ -103,7 +97,10 @@ def main(argv):
         step = CUDAGraphDecode(step, note)
     generator = torch.Generator(device=device).manual_seed(cfg["seed"])
     if not cfg["interactive"]:
-        return complete(model, tok, read_prompt(cfg["start"]), cfg, generator, step, device)
+        prompt = cfg["start"]
+        if prompt.startswith("FILE:"):
+            prompt = read_utf8(prompt[len("FILE:"):], "prompt file (from --start=FILE:...)")
+        return complete(model, tok, prompt, cfg, generator, step, device)
     while True:
         try:
             prompt = input("> ")
