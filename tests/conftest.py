@@ -65,23 +65,24 @@ def one_thread():
 SCRIPTS = ("train.py", "sample.py", "eval.py", "plot.py", "bench.py")
 
 
-def run_script(*args, cwd=None, timeout=600, check=True, env=None, process=False):
+def run_script(*args, cwd=None, timeout=600, check=True, env=None, process=False, stdin=None):
     """Run `python <args>` like a user would (script paths relative to the repo); return the result. One of our
     scripts runs in this process (no torch import to wait for) unless env or process=True asks for a new one."""
     if args[0] in SCRIPTS and env is None and not process:
-        result = run_in_process(args[0], list(args[1:]), cwd)
+        result = run_in_process(args[0], list(args[1:]), cwd, stdin)
     else:
         argv = [sys.executable] + [os.path.join(REPO, a) if a.endswith(".py") and not os.path.isabs(a)
                                    and os.path.exists(os.path.join(REPO, a)) else a for a in args]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                                input=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
     return result
 
 
-def run_in_process(script, argv, cwd):
+def run_in_process(script, argv, cwd, stdin=None):
     """script's main(argv) here, as its `if __name__ == "__main__"` block runs it in a new process: the exit
     status and what it printed. Afterwards this process has its own signal handlers, threads and folder back,
     and the run lock a training run took is released, as the end of its process would."""
@@ -98,6 +99,7 @@ def run_in_process(script, argv, cwd):
         locks.append(self)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     here, threads, out, err = os.getcwd(), torch.get_num_threads(), io.StringIO(), io.StringIO()
+    keyboard, sys.stdin = sys.stdin, io.StringIO(stdin or "")
     safety.RunLock.__init__ = tracked
     torch.set_num_threads(THREADS)
     try:
@@ -115,6 +117,7 @@ def run_in_process(script, argv, cwd):
             signal.signal(s, handler)
         torch.set_num_threads(threads)
         os.chdir(here)
+        sys.stdin = keyboard
     return subprocess.CompletedProcess([script, *argv], status, out.getvalue(), err.getvalue())
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 
 def quickstart_commands():
@@ -78,9 +78,8 @@ def test_time_left_and_a_warning_for_a_run_too_long_for_a_cpu(tmp_path, char_dat
 def test_interactive_sampling_answers_once_per_prompt(tmp_path, char_data):
     from conftest import char_checkpoint
     char_checkpoint(str(tmp_path / "out"), char_data[2])
-    result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={tmp_path / 'out'}",
-                             "--device=cpu", "--interactive=True"], input="Speak\nAll:\n", capture_output=True,
-                            text=True, timeout=300)
+    result = run_script("sample.py", f"--out_dir={tmp_path / 'out'}", "--device=cpu", "--interactive=True",
+                        stdin="Speak\nAll:\n")
     answers = result.stdout.split("---------------")
     assert result.returncode == 0 and len(answers) == 3  # two prompts, one sample each, then the last prompt
     assert all(len(a.replace("> ", "").strip()) >= 200 for a in answers[:2])
