@@ -2,7 +2,6 @@
 repo and a fresh virtual environment, offline (pip may only use what is installed already)."""
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -60,19 +59,21 @@ def test_the_readme_quickstart_from_a_fresh_clone(tmp_path):
     assert re.search(r"\d+ passed", tests) and "failed" not in tests
 
 
-def test_time_left_and_a_warning_for_a_run_too_long_for_a_cpu(tmp_path, char_data):
-    from conftest import start
-    proc = start(tmp_path, char_data, tmp_path / "out", "--max_iters=10000000", "--eval_interval=100000000")
-    seen = []
-    for line in proc.stdout:
-        seen.append(line.rstrip("\n"))
-        if line.startswith("note: at "):  # after the third log line: hours of steps left on this CPU
-            break
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate()
-    lines = [line for line in seen if line.startswith("iter ")]
-    assert all(re.search(r", eta (\d+h\d\dm|\d+m\d\ds|\d+s)$", line) for line in lines) and len(lines) >= 3
-    assert proc.returncode == 143
+def test_time_left_and_a_warning_for_a_run_too_long_for_a_cpu(tmp_path, char_data, monkeypatch):
+    import builtins
+    from conftest import train
+    show = builtins.print
+
+    def print_then_stop(*args, **kwargs):  # the user reads the note, then presses Ctrl-C
+        show(*args, **kwargs)
+        if str(args[0]).startswith("note: at "):  # after the third log line: hours of steps left on this CPU
+            raise KeyboardInterrupt
+    monkeypatch.setattr(builtins, "print", print_then_stop)
+    res = train(tmp_path, char_data, "--max_iters=10000000", "--eval_interval=100000000", check=False)
+    lines = [line for line in res.stdout.splitlines() if line.startswith("iter ")]
+    assert all(re.search(r", eta (\d+h\d\dm|\d+m\d\ds|\d+s)$", line) for line in lines) and len(lines) == 3
+    assert res.stdout.splitlines()[-1].startswith("note: at ") and "config/train_shakespeare_char_cpu.py" in res.stdout
+    assert res.returncode == 130
 
 
 def test_interactive_sampling_answers_once_per_prompt(tmp_path, char_data):
