@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from errors import UserError, reason
-from hf import NAMES as GPT2_NAMES
+from hf import GPT2_VOCAB, NAMES as GPT2_NAMES
 from model import GPT, GPTConfig
 from runtime import agree, gather_full, shard_optimizer_state
 from safety import atomic_write
@@ -213,6 +213,9 @@ def load_model(init_from, out_dir, log=print, training=False, dropout=None):
 def load_model_and_tokenizer(cfg):
     """(model, Tokenizer): a checkpoint's own vocabulary (nanoGPT's: its dataset's meta.pkl), else GPT-2's BPE."""
     model, ckpt = load_model(cfg["init_from"], cfg["out_dir"])
+    if ckpt is None and model.config.vocab_size < GPT2_VOCAB:  # e.g. eval.py's export of a character model
+        raise UserError(f"{cfg['init_from']} has {model.config.vocab_size} token ids, too few for GPT-2's BPE, and "
+                        "no vocabulary of its own: use the checkpoint it was exported from (--init_from=resume)")
     vocab = ckpt.get("vocab") if ckpt else None
     if ckpt and vocab is None and "dataset" in ckpt.get("config", {}):  # a nanoGPT checkpoint: look by the data
         vocab = load_vocab(os.path.join(ckpt["config"].get("data_dir", cfg["data_dir"]), ckpt["config"]["dataset"]))

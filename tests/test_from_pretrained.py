@@ -178,6 +178,8 @@ def test_export_refuses_a_folder_that_holds_files(tmp_path, char_data):
                      "--force=True")
     assert sorted(os.listdir(theirs)) == ["config.json", "model.safetensors"]
     assert "character vocabulary" in res.stdout and "not GPT2Tokenizer" in res.stdout
+    res = run_script("sample.py", f"--init_from={theirs}", "--device=cpu", check=False)  # no vocabulary there
+    one_error_line(res, f"{theirs} has {len(char_data[2])} token ids, too few for GPT-2's BPE")
 
 
 def test_a_damaged_hugging_face_folder_names_the_file(tmp_path):
