@@ -5,6 +5,8 @@ import ast
 import difflib
 import math
 import os
+import re
+import sys
 import types
 
 from errors import UserError, read_utf8
@@ -58,6 +60,8 @@ def load_config(defaults, argv, optional=(), given=None):
     The keys the user set are added to `given`."""
     cfg = dict(defaults)
     given = set() if given is None else given
+    if "-h" in argv or "--help" in argv:
+        print_help(defaults)
     for arg in argv:
         if not arg.startswith("--"):
             for key, value in read_config_file(arg).items():
@@ -78,6 +82,18 @@ def load_config(defaults, argv, optional=(), given=None):
         cfg[key] = _coerce(key, value, defaults[key], "on the command line", optional)
         given.add(key)
     return cfg
+
+
+def print_help(defaults):
+    """--help: the script's docstring, then every setting with its default and the comment DEFAULTS gives it."""
+    script = sys.modules["__main__"]
+    source = read_utf8(script.__file__) if getattr(script, "__file__", None) else ""
+    comments = dict(re.findall(r"^\s*(\w+)=.*?#\s*(.*)$", source, re.M))
+    print((script.__doc__ or "").strip() + "\n\nSettings (config files, then --key=value; defaults shown):")
+    for key, value in defaults.items():
+        shown = f"--{key}={value if isinstance(value, str) and value.isprintable() else repr(value)}"
+        print(f"  {shown:<34}" + (f"# {comments[key]}" if key in comments else "").rstrip())
+    sys.exit(0)
 
 
 # What a setting must be, by its name, in every script that has it: (test, what the message says).

@@ -1,5 +1,7 @@
 """configurator.py: config files, --key=value overrides, literal parsing, and its user-facing errors."""
+import importlib
 import re
+import sys
 import textwrap
 
 import pytest
@@ -205,3 +207,19 @@ def test_config_file_with_a_typo_is_one_line(tmp_path, char_data):
     (tmp_path / "my_config.py").write_text("batch_size = 4\nlearning_rate = 1e-3 +\n")
     res = train(tmp_path, char_data, str(tmp_path / "my_config.py"), check=False)
     assert res.returncode == 2 and re.search(r"my_config.py' failed at line 2: SyntaxError", res.stderr)
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "bench", "eval", "plot"])
+def test_help_lists_every_setting_with_its_default_and_comment(script, monkeypatch, capsys):
+    module = importlib.import_module(script)
+    monkeypatch.setitem(sys.modules, "__main__", module)  # as when the script runs
+    with pytest.raises(SystemExit) as e:
+        load_config(module.DEFAULTS, ["--batchsize=3", "-h"])  # help first, whatever else is on the line
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(module.__doc__.strip().splitlines()[0])
+    settings = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
+    assert [s.split("=")[0] for s in settings] == [f"--{key}" for key in module.DEFAULTS]
+    if script == "train":
+        assert "  --out_dir=out" in out and "# where ckpt.pt is written and read" in out
+    res = run_script(f"{script}.py", "--help", process=True) if script == "train" else None
+    assert res is None or (res.returncode == 0 and "--max_iters=600000" in res.stdout and not res.stderr)
