@@ -61,9 +61,10 @@ def checkpoint_files(out_dir):
     return [p for p in names if os.path.isfile(p)] + list(snapshots(out_dir).values())
 
 
-def prune_snapshots(out_dir, keep, protected, log):
-    """Delete all but the `keep` snapshots of the highest iterations, sparing the iterations in `protected`."""
-    periodic = [path for it, path in snapshots(out_dir).items() if it not in protected]
+def prune_snapshots(out_dir, keep, protected, log, upto):
+    """Delete all but the `keep` snapshots of the highest iterations up to `upto`, sparing those in `protected`
+    (a file numbered past this run's iteration is not this run's to rank: it stays, and counts for nothing)."""
+    periodic = [path for it, path in snapshots(out_dir).items() if it not in protected and it <= upto]
     for path in periodic[:max(0, len(periodic) - keep)]:
         log(f"removing {path} (keep_last={keep})")
         os.remove(path)
@@ -256,8 +257,7 @@ class Checkpoints:
                 paths.append(self.path)
             if improved and cfg["keep_best"]:
                 paths.append(os.path.join(cfg["out_dir"], "best.pt"))
-        if (cfg["save_interval"] and iter_num % cfg["save_interval"] == 0 or iter_num in cfg["save_iters"]) \
-                and (iter_num > self.start_iter or not self.resumed):
+        if self.snapshot_due(iter_num) and (iter_num > self.start_iter or not self.resumed):
             paths.append(snapshot_path(cfg["out_dir"], iter_num))
         return paths if (iter_num > 0 or last_step) and not cfg["eval_only"] else []
 
@@ -281,7 +281,11 @@ class Checkpoints:
                              "config": self.cfg, "vocab": self.vocab, "rng": states, "evaluated": evaluated}, path)
         self.have_ckpt = self.have_ckpt or self.path in paths
         if self.cfg["keep_last"] and any(os.path.basename(p).startswith("ckpt_") for p in paths):
-            prune_snapshots(self.cfg["out_dir"], self.cfg["keep_last"], set(self.cfg["save_iters"]), self.log)
+            prune_snapshots(self.cfg["out_dir"], self.cfg["keep_last"], set(self.cfg["save_iters"]), self.log, iter_num)
+
+    def snapshot_due(self, iter_num):
+        cfg = self.cfg
+        return cfg["save_interval"] and iter_num % cfg["save_interval"] == 0 or iter_num in cfg["save_iters"]
 
     def stop(self, iter_num, signum):
         """Save where the loop stands (ckpt.pt, or a snapshot without always_save_checkpoint); 128 + signum."""
@@ -290,7 +294,10 @@ class Checkpoints:
         if iter_num == self.start_iter:
             self.log(f"stopped by {name} before the first step: there is nothing new to save")
         else:
-            self.save([path], iter_num, evaluated=False)
+            paths, snapshot = [path], snapshot_path(self.cfg["out_dir"], iter_num)
+            if self.snapshot_due(iter_num) and snapshot != path:  # due here: the resumed run starts past it
+                paths.append(snapshot)
+            self.save(paths, iter_num, evaluated=False)
             self.log(f"stopped by {name}: saved {path} at iteration {iter_num}; to continue, run the "
                      "same command with --init_from=resume")
         return 128 + signum

@@ -93,11 +93,27 @@ def test_keep_last_deletes_only_our_snapshots_by_iteration(tmp_path, char_data):
     train(tmp_path, char_data, "--max_iters=12", "--save_interval=11", "--eval_interval=100")
     (out / "ckpt_1.pt").write_bytes(b"the user's own file")
     (out / "ckpt_0000000.pt.bak").write_bytes(b"also theirs")
+    (out / "ckpt_9999999.pt").write_bytes(b"numbered past the run: not its to rank")
     res = train(tmp_path, char_data, "--max_iters=24", "--save_interval=11", "--eval_interval=100", "--keep_last=1",
                 "--init_from=resume")
     assert sorted(f for f in os.listdir(out) if f.startswith("ckpt_")) == \
-        ["ckpt_0000000.pt.bak", "ckpt_0000022.pt", "ckpt_1.pt"]
+        ["ckpt_0000000.pt.bak", "ckpt_0000022.pt", "ckpt_1.pt", "ckpt_9999999.pt"]
     assert (out / "ckpt_1.pt").read_bytes() == b"the user's own file" and "ckpt_0000011.pt" in res.stdout
+
+
+def test_a_stop_at_a_snapshot_step_writes_the_snapshot(tmp_path, char_data, monkeypatch):
+    import builtins
+    show = builtins.print
+
+    def print_then_signal(*args, **kwargs):  # SIGTERM as step 4's line is printed: the run stops at step 5
+        show(*args, **kwargs)
+        if str(args[0]).startswith("iter 4:"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(builtins, "print", print_then_signal)
+    res = train(tmp_path, char_data, "--max_iters=8", "--save_interval=5", "--eval_interval=100", check=False)
+    out = tmp_path / "out"
+    assert res.returncode == 128 + signal.SIGTERM and f"saved {out / 'ckpt.pt'} at iteration 5" in res.stdout
+    assert load(out / "ckpt.pt")["iter_num"] == load(out / "ckpt_0000005.pt")["iter_num"] == 5
 
 
 def test_resuming_with_a_conflicting_model_shape_names_both_values(tmp_path, char_data):
