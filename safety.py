@@ -56,6 +56,8 @@ def atomic_write(path, write, size_hint=None):
             isinstance(e, Exception) and free_bytes(folder) < 2 ** 20
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e.__context__, KeyboardInterrupt):  # torch.save reports a Ctrl-C as a RuntimeError too
+            raise KeyboardInterrupt from None
         if full:
             need = f" (it needs about {size_hint / 2**20:,.1f} MiB)" if size_hint else ""
             kept = "the previous file was left as it was" if os.path.exists(path) else "nothing was written"

@@ -371,3 +371,27 @@ def test_diverging_run_stops_without_saving_a_poisoned_checkpoint(tmp_path, char
     path = tmp_path / "out" / "ckpt.pt"
     if path.exists():  # whatever was saved before the divergence is finite
         assert all(torch.isfinite(t).all() for t in load(path)["model"].values())
+
+
+def test_ctrl_c_inside_torch_save_is_an_interrupt_and_keeps_the_old_file(tmp_path):
+    """torch.save turns a KeyboardInterrupt inside it into a RuntimeError; a second Ctrl-C during a save is
+    still an interrupt (run_main: one line, status 130), and the previous file stays whole."""
+    from safety import atomic_write
+
+    class Interrupted:  # a file whose third write is where Ctrl-C lands
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), lambda f: torch.save({"x": torch.zeros(100_000)}, Interrupted(f)))
+    assert path.read_bytes() == b"the previous checkpoint" and os.listdir(tmp_path) == ["ckpt.pt"]
