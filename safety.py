@@ -4,6 +4,7 @@ import atexit
 import datetime
 import errno
 import os
+import re
 import secrets
 import signal
 import socket
@@ -67,6 +68,20 @@ def atomic_write(path, write, size_hint=None):
     fsync_folder(folder)
 
 
+def remove_leftovers(folder):
+    """Delete the temporary files of atomic_write calls in folder whose process is gone (killed mid-write)."""
+    for name in os.listdir(folder):
+        writer = re.fullmatch(r".+\.(\d+)-[0-9a-f]{6}\.tmp", name)
+        if not writer:
+            continue
+        try:
+            os.kill(int(writer.group(1)), 0)  # signal 0 only asks whether the process exists
+        except ProcessLookupError:
+            os.remove(os.path.join(folder, name))
+        except (PermissionError, OverflowError):  # another user's live process, or not a pid at all
+            pass
+
+
 class RunLock:
     """One training run per out_dir: an fcntl.flock on out_dir/run.lock (whose text says who holds it). The OS
     drops it when the process ends, however it ends, so a dead run never blocks the next."""
@@ -103,6 +118,7 @@ class RunLock:
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             os.ftruncate(self.fd, 0)
             os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+            remove_leftovers(self.folder)
         except OSError as e:
             return f"out_dir '{self.folder}' can't be written ({e.strerror}); choose another --out_dir"
         return None

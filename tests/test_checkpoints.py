@@ -277,8 +277,10 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, char
     os.kill(writer.pid, signal.SIGKILL)
     writer.join()
     assert partial() and (out / "ckpt.pt").read_bytes() == before  # killed mid-write; old file whole
+    (out / "ckpt.pt.1-abcdef.tmp").write_bytes(b"pid 1 is alive: a writer's file, left alone")
     train(tmp_path, char_data, *settings, "--init_from=resume", f"--out_dir={out}")
     assert_same_state(load(out / "ckpt.pt"), load(tmp_path / "full" / "ckpt.pt"))
+    assert [p.name for p in out.glob("*.tmp")] == ["ckpt.pt.1-abcdef.tmp"]  # the dead writer's is gone
 
 
 def test_checkpoint_policy_snapshots_best_and_keep_last(tmp_path, char_data):
