@@ -8,6 +8,7 @@ import re
 import secrets
 import signal
 import socket
+import sys
 
 from errors import UserError
 
@@ -134,13 +135,46 @@ class RunLock:
             os.rmdir(self.folder)
 
 
+class Unbreakable:
+    """A text stream whose writes never fail: once its reader is gone (a closed pipe, `| head`, a dropped ssh
+    session, a full disk), the rest goes nowhere, and the run goes on to save when it stops."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.gone()
+
+    def gone(self):
+        try:  # what is still buffered, and the flush at exit, go nowhere too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError):
+            pass
+        self.stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
 class StopSignals:
-    """SIGTERM (scancel, preemption), SIGUSR1 (SLURM's --signal) and a first Ctrl-C set `signum`, which the loop
-    checks between steps to save and stop. A second Ctrl-C raises KeyboardInterrupt; further SIGTERMs wait."""
+    """SIGTERM (scancel, preemption), SIGUSR1 (SLURM's --signal), SIGHUP (a dropped ssh session) and a first
+    Ctrl-C set `signum`, which the loop checks between steps to save and stop. A second Ctrl-C raises
+    KeyboardInterrupt; further SIGTERMs wait. Output that can't be written no longer stops the run."""
 
     def __init__(self, announce=True):
         self.signum, self.announce = None, announce
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):  # a signal the launcher ignores (nohup, `&`) stays ignored
+        sys.stdout, sys.stderr = Unbreakable(sys.stdout), Unbreakable(sys.stderr)
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP"):  # one the launcher ignores (nohup, `&`) stays so
             if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) != signal.SIG_IGN:
                 signal.signal(getattr(signal, name), self._handle)
 
@@ -151,5 +185,8 @@ class StopSignals:
             return
         self.signum = signum
         if self.announce:  # os.write: print() may be mid-call in the interrupted code, and is not reentrant
-            os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint, then stopping "
-                        "(Ctrl-C again stops at once, without saving)\n".encode())
+            try:
+                os.write(2, f"received {signal.Signals(signum).name}: saving a checkpoint, then stopping "
+                            "(Ctrl-C again stops at once, without saving)\n".encode())
+            except OSError:  # no one reads stderr any more
+                pass

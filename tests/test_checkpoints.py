@@ -397,3 +397,18 @@ def test_ctrl_c_inside_torch_save_is_an_interrupt_and_keeps_the_old_file(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         atomic_write(str(path), lambda f: torch.save({"x": torch.zeros(100_000)}, Interrupted(f)))
     assert path.read_bytes() == b"the previous checkpoint" and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_with_its_output_gone_a_run_goes_on_and_a_sighup_saves(tmp_path, char_data):
+    """`train.py | head -1`, or `| tee` killed by the terminal's Ctrl-C, or an ssh session that drops (SIGHUP)."""
+    out = tmp_path / "out"
+    proc = start(tmp_path, char_data, out, "--max_iters=30", "--eval_interval=100")
+    wait_for(proc, "iter 0:")
+    proc.stdout.close()  # the reader is gone: every later line would raise BrokenPipeError
+    assert proc.wait(timeout=120) == 0 and load(out / "ckpt.pt")["iter_num"] == 30
+    proc = start(tmp_path, char_data, out, "--max_iters=100000", "--eval_interval=100000", "--init_from=resume")
+    wait_for(proc, "iter 33:")
+    proc.stdout.close()
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP, proc.stderr.read()
+    assert load(out / "ckpt.pt")["iter_num"] > 33
