@@ -46,7 +46,8 @@ def atomic_write(path, write, size_hint=None):
     try:
         if size_hint and size_hint > free_bytes(folder):
             raise OSError(errno.ENOSPC, "not enough free space", path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666: the umask decides, as for open()
+        binary = getattr(os, "O_BINARY", 0)  # Windows: without it, every 0x0A byte written would become 0x0D 0x0A
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | binary, 0o666)  # 0o666: the umask decides
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
