@@ -242,6 +242,8 @@ def main(argv):
         raise UserError("task perplexity needs the text to score: pass --data_path=FILE")
     model, tok = load_model_and_tokenizer(cfg)
     if cfg["task"] == "export_hf":
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 writes the folder, once
+            return
         folder = cfg["export_dir"] or os.path.join(cfg["out_dir"], "hf")
         hf.export(model, folder, cfg["force"])
         print(f"wrote {folder}: load it with transformers.GPT2LMHeadModel.from_pretrained('{folder}')")

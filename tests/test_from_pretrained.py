@@ -182,6 +182,13 @@ def test_export_refuses_a_folder_that_holds_files(tmp_path, char_data):
     one_error_line(res, f"{theirs} has {len(char_data[2])} token ids, too few for GPT-2's BPE")
 
 
+def test_export_under_torchrun_is_written_by_rank_0_only(tmp_path, char_data, monkeypatch):
+    char_checkpoint(str(tmp_path / "out"), char_data[2])
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it for the second process
+    res = run_script("eval.py", "--task=export_hf", f"--out_dir={tmp_path / 'out'}", f"--export_dir={tmp_path / 'hf'}")
+    assert res.returncode == 0 and not res.stdout and not (tmp_path / "hf").exists()
+
+
 def test_a_damaged_hugging_face_folder_names_the_file(tmp_path):
     from hf import export as export_hf
     from model import GPT, GPTConfig
