@@ -99,6 +99,7 @@ def test_first_slurm_host():
     assert first_slurm_host("solo") == "solo"
 
 
+@pytest.mark.slow
 def test_fsdp_hellaswag_with_unequal_items_per_process(tmp_path, bpe_data):
     """3 items on 2 processes, one item a batch: rank 0 has two batches, rank 1 one. Every process must
     still run as many forward passes (each gathers FSDP's weights with all the others), or it hangs."""
