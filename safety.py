@@ -36,6 +36,10 @@ def free_bytes(folder):
     return st.f_bavail * st.f_frsize
 
 
+# atomic_write's temporary files: f"{path}.{pid}-{6 hex digits}.tmp", beside path (remove_leftovers reads the pid)
+TEMPORARY = re.compile(r".+\.(\d+)-[0-9a-f]{6}\.tmp")
+
+
 def atomic_write(path, write, size_hint=None):
     """write(f) into a new file beside path (a name of this writer's own), fsync, rename over path: readers see
     the old file or the new. On any failure it is removed and path left as it was; a full disk is a UserError."""
@@ -73,7 +77,7 @@ def atomic_write(path, write, size_hint=None):
 def remove_leftovers(folder):
     """Delete the temporary files of atomic_write calls in folder whose process is gone (killed mid-write)."""
     for name in os.listdir(folder):
-        writer = re.fullmatch(r".+\.(\d+)-[0-9a-f]{6}\.tmp", name)
+        writer = TEMPORARY.fullmatch(name)
         if not writer:
             continue
         try:
